@@ -1,0 +1,56 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# The first use creates .venv and installs everything into it.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Without an NVIDIA driver, install the CPU build of torch first (the plain
+# requirement would pull a multi-GB CUDA build). On a GPU machine requirements.txt
+# alone gets a CUDA build.
+TORCH_CPU ?= torch==2.13.0
+HAVE_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+# Real pretrained weights for the tests that need them (skipped when absent).
+WHISPER_CHECKPOINT ?= $(wildcard $(abspath ../shared/whisper/tiny.en.pt))
+export WHISPER_CHECKPOINT
+
+.PHONY: help demo test lint format synthetic bench strip clean
+
+help:
+	@echo "make demo       run both notebooks headless on the synthetic corpus (runs/demo/)"
+	@echo "make test       the full test suite (and ruff)"
+	@echo "make synthetic  build the synthetic corpus in data/synthetic"
+	@echo "make bench      data-loader and encoder benchmarks (appends to BENCHMARKS.md)"
+	@echo "make lint       ruff; make strip removes notebook outputs"
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(if $(HAVE_GPU),,$(PY) -m pip install --quiet $(TORCH_CPU))
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) demo.py --out runs/demo
+
+test: $(VENV)/.installed lint
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+
+synthetic: $(VENV)/.installed
+	$(PY) prepare.py synthetic data/synthetic
+
+bench: $(VENV)/.installed
+	$(PY) bench/loader.py
+	$(PY) bench/encoder.py
+
+strip: $(VENV)/.installed
+	$(VENV)/bin/nbstripout *.ipynb
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache
