@@ -161,14 +161,20 @@ def _build(items: list[_Item], problems: list[tuple[str, str]], features: Featur
     for split in order:
         chosen = by_split.get(split, [])
         if not chosen:
-            out[split] = _finish(Dataset.from_list([], features=features))
+            out[split] = _finish(Dataset.from_dict({name: [] for name in features}, features=features))
             continue
-        hasher = hashlib.blake2b(repr(features).encode(), digest_size=16)
+        hasher = hashlib.blake2b(repr((features, split)).encode(), digest_size=16)
         for item in chosen:
             hasher.update(repr((item.name, item.row, item.duration, item.digest)).encode())
         out[split] = _finish(Dataset.from_generator(_rows, features=features, gen_kwargs={"items": chosen},
                                                     fingerprint=hasher.hexdigest(), split=split))
     return out
+
+
+def save(dsd: DatasetDict, out_dir: str | Path) -> None:
+    """``save_to_disk``, writing one shard for an empty split (datasets otherwise writes none and
+    ``load_from_disk`` fails on it: huggingface/datasets PR #8385)."""
+    dsd.save_to_disk(str(out_dir), num_shards={split: 1 for split, data in dsd.items() if len(data) == 0})
 
 
 def _report_skipped(problems: list[tuple[str, str]], report: str | Path | None) -> None:
@@ -299,6 +305,7 @@ def prepare_iemocap(root: str | Path, *, test_session: int = 5, skip_bad: bool =
                 match = _IEMOCAP_LINE.fullmatch(line.rstrip())
                 if not match:
                     problems.append((where, f"label line does not parse: {line!r}"))
+                    labelled.update(line.split("\t")[1:2])  # its audio is not reported a second time
                     continue
                 _, _, utt, code, *vad = match.groups()
                 if utt in labelled:
@@ -365,15 +372,14 @@ def prepare_msp_podcast(root: str | Path, *, skip_bad: bool = False,
         if missing:
             raise BadInputError([(str(label_file), f"missing column(s) {missing}")])
         for record in reader:
-            where = f"{label_file}:{reader.line_num}"
-            if any(record[c] is None for c in _MSP_COLUMNS):
-                problems.append((where, "too few fields"))
-                continue
-            name = record["FileName"]
+            where, name = f"{label_file}:{reader.line_num}", record["FileName"]
             if name in labelled:
                 problems.append((where, f"second label for {name}"))
                 continue
             labelled.add(name)
+            if any(record[c] is None for c in _MSP_COLUMNS):
+                problems.append((where, "too few fields"))
+                continue
             reasons = [] if record["EmoClass"] in codes else [f"unknown emotion code {record['EmoClass']!r}"]
             try:
                 valence, arousal, dominance = _vad([record["EmoVal"], record["EmoAct"], record["EmoDom"]],
@@ -651,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if report is not None and not report.exists():
         report.write_text("where\treason\n")
-    dsd.save_to_disk(str(args.out_dir))
+    save(dsd, args.out_dir)
     if args.push_to_hub:
         dsd.push_to_hub(args.push_to_hub)
     for split, data in dsd.items():
