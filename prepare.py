@@ -190,7 +190,13 @@ def _report_skipped(problems: list[tuple[str, str]], report: str | Path | None) 
 def _vad(values: list[str], corpus: str) -> list[float]:
     """Raw VAD strings on the corpus's scale -> 0-1 floats; ValueError naming a bad value."""
     low, high = CORPORA[corpus].vad_scale
-    return [normalize_vad(float(v), low, high) for v in values]
+    scores = []
+    for value in values:
+        try:
+            scores.append(float(value))
+        except ValueError:
+            raise ValueError(f"VAD score {value!r} is not a number") from None
+    return [normalize_vad(score, low, high) for score in scores]
 
 
 # --------------------------------------------------------------------------- RAVDESS
@@ -552,8 +558,11 @@ def make_synthetic(*, n_speakers: int = 10, per_class: int = 12, seed: int = 0) 
     ``label_names("synthetic")``, only neutral/happy/sad/angry used), plus ``gender``. Speaker-disjoint
     splits: ``synthetic_splits`` (10 speakers: 6 train, 2 validation, 2 test).
 
-    Baseline (``baseline``, logistic regression on the mean and std of Whisper's log-mel; chance 0.25) on
-    the default corpus, seed 0: BASELINE_FIGURES
+    Baseline (``baseline``: logistic regression on the mean and std of Whisper's log-mel; chance 0.25),
+    measured on the default corpus (10 speakers, 12 clips per class, seed 0; ``python prepare.py synthetic
+    data/synthetic``): validation UA 0.656, WA 0.656, macro-F1 0.638; test UA 0.719, WA 0.719, macro-F1 0.719
+    (96 clips each). Over generator seeds 0-5 the test UA ranges 0.51-0.72 (mean 0.61): with two test
+    speakers, which speakers are drawn matters.
     """
     splits = synthetic_splits(n_speakers)
     index = label_map("synthetic")

@@ -278,6 +278,8 @@ BAD = {  # name -> (corpus, mutation of the replica, where (relative), reason)
                     "VAD score 5.5 is outside the scale [1.0, 5.0]"),
     "msp vad": ("msp_podcast", msp_edit("7.0,1.0,6.4", "7.0,0.5,6.4"), "Labels/labels_consensus.csv:4",
                 "VAD score 0.5 is outside the scale [1.0, 7.0]"),
+    "msp vad not a number": ("msp_podcast", msp_edit("5.0,6.2,4.0", "5.0,high,4.0"), "Labels/labels_consensus.csv:5",
+                             "VAD score 'high' is not a number"),
     "unparsable line": ("iemocap", iemocap_edit(3, "\tsad\t[1.5000, 1.0000, 2.0000]", "\tsad"),
                         "Session3/dialog/EmoEvaluation/Ses03F_impro02.txt:3", "label line does not parse"),
     "msp short row": ("msp_podcast", msp_edit("4.0,3.6,13,Female,Test1", "4.0"), "Labels/labels_consensus.csv:6",
