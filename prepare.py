@@ -26,7 +26,7 @@ import math
 import re
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -423,7 +423,7 @@ class Prosody:
     tilt: float  # pole of the two glottal low-passes: higher is a steeper spectral tilt (darker voice)
     jitter: float  # relative F0 perturbation
     breath: float  # aspiration noise relative to the pulses
-    vad: tuple[float, float, float] = field(default=(0.5, 0.5, 0.5))  # valence, arousal, dominance (0-1)
+    vad: tuple[float, float, float]  # valence, arousal, dominance (0-1)
 
 
 PROSODY = {
