@@ -1,0 +1,359 @@
+"""Emotion and valence/arousal/dominance for audio files of any length.
+
+    python predict.py --checkpoint runs/demo/supervised/best.pt clip.wav recordings/        # a table
+    python predict.py --checkpoint runs/demo/supervised/best.pt recordings/ --format csv --per-window > out.csv
+    python predict.py --checkpoint runs/demo/supervised/best.pt recordings/ --embeddings emb.npy   # + emb.csv
+
+A directory is searched recursively for audio files by extension (.wav, .flac, .ogg and, where
+libsndfile decodes it, .mp3). Every file is downmixed and resampled to 16 kHz (``data.load_audio``).
+
+Sliding windows: the model sees ``n_frames`` mel frames (its checkpoint's context, 3 s by default).
+A longer file is cut into windows of that length every ``--hop`` seconds (half a window by default);
+the last window is aligned to the end of the file, so that every window holds only real audio and
+every sample lies in at least one window. A file's probabilities, valence/arousal/dominance and
+embedding are the means over its windows. A file shorter than the context is one window, zero-padded
+at the end as in training. Each window's features are computed as ``data.py`` computes them for an
+evaluation crop (the log-mel of the zero-padded window, with its own maximum).
+
+Exit status: 0 when every file was predicted, 1 when any file failed (each failure is one line on
+stderr naming the file and the reason; the others are still predicted), 2 for a bad checkpoint or
+bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import pickle
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from tqdm.auto import tqdm
+
+import data
+import model as modellib
+
+VAD_NAMES = ("valence", "arousal", "dominance")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg") + ((".mp3",) if "MP3" in sf.available_formats() else ())
+
+
+@dataclass
+class Window:
+    """One window of a file: its time span in seconds and the model's outputs on it."""
+
+    start: float
+    end: float
+    label: str
+    probabilities: dict[str, float]
+    vad: dict[str, float] | None
+
+
+@dataclass
+class Prediction:
+    """A file's (or array's) prediction: window means of the probabilities, VAD (0-1) and embedding [D]."""
+
+    label: str
+    probabilities: dict[str, float]
+    vad: dict[str, float] | None
+    windows: list[Window]
+    embedding: np.ndarray
+    duration: float  # seconds
+
+    def to_dict(self, windows: bool = True) -> dict:
+        """JSON-ready fields (no embedding)."""
+        out = {"label": self.label, "probabilities": self.probabilities, "vad": self.vad,
+               "duration": self.duration}
+        if windows:
+            out["windows"] = [vars(w) for w in self.windows]
+        return out
+
+
+def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
+    """Start sample of every window of ``window`` samples over a clip of ``n_samples``.
+
+    Starts at 0, then every ``hop`` samples; the last window ends exactly at the clip's end.
+    A clip no longer than one window has the single start 0. Needs 0 < hop <= window (no gaps).
+    """
+    if not 0 < hop <= window:
+        raise ValueError(f"hop ({hop} samples) must be positive and at most the window ({window} samples)")
+    if n_samples <= window:
+        return [0]
+    return [*range(0, n_samples - window, hop), n_samples - window]
+
+
+def read_audio(audio: str | Path | np.ndarray, sample_rate: int | None = None) -> np.ndarray:
+    """A file, or an array ([T] or [T, channels]) at ``sample_rate`` Hz -> float32 mono [T'] at 16 kHz.
+
+    Raises data.AudioError naming the file when it cannot be decoded, is empty or holds non-finite samples.
+    """
+    if isinstance(audio, (str, Path)):
+        name, out = str(audio), data.load_audio(audio)
+    else:
+        if sample_rate is None:
+            raise ValueError("sample_rate is required when predicting an array")
+        name, out = "array", data.to_16k(audio, sample_rate)
+    if out.size == 0:
+        raise data.AudioError(f"{name}: no audio samples")
+    if not np.isfinite(out).all():
+        raise data.AudioError(f"{name}: non-finite samples (NaN or infinity)")
+    return out
+
+
+@dataclass
+class _Job:
+    """A source being scored: its audio [T] at 16 kHz, window starts and per-window outputs."""
+
+    name: str
+    audio: np.ndarray | None = None
+    starts: list[int] = field(default_factory=list)
+    error: str | None = None
+    outputs: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.error is not None or len(self.outputs) == len(self.starts)
+
+
+class Predictor:
+    """A trained ``EmotionModel`` applied to whole files on sliding windows.
+
+    >>> p = Predictor.from_checkpoint("runs/demo/supervised/best.pt")
+    >>> p.predict("clip.wav").label
+    """
+
+    def __init__(self, net: modellib.EmotionModel, device: str | torch.device | None = None, *,
+                 hop: float | None = None, batch_size: int = 32):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.net = net.to(self.device).eval()
+        self.labels: list[str] = list(net.config.labels)
+        self.n_frames: int = net.config.n_frames
+        self.window = self.n_frames * data.HOP_LENGTH  # samples
+        hop_samples = self.window // 2 if hop is None else round(hop * data.SAMPLE_RATE)
+        window_starts(self.window, self.window, hop_samples)  # validates hop
+        self.hop = hop_samples
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None, **kw) -> Predictor:
+        """Load a checkpoint written by ``model.save_model`` (e.g. a run's ``best.pt``)."""
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return cls(modellib.load_model(path, device=device), device, **kw)
+
+    @property
+    def has_vad(self) -> bool:
+        return bool(self.net.config.vad_head)
+
+    def predict(self, audio: str | Path | np.ndarray, sample_rate: int | None = None) -> Prediction:
+        """Predict one file, or one array ([T] mono or [T, channels]) recorded at ``sample_rate`` Hz."""
+        job = self._prepare(_Job(str(audio) if isinstance(audio, (str, Path)) else "array",
+                                 audio=read_audio(audio, sample_rate)))
+        for chunk in _chunks([(job, i) for i in range(len(job.starts))], self.batch_size):
+            self._score(chunk)
+        return self._finish(job)
+
+    def predict_many(self, paths: Iterable[str | Path], progress: bool = False
+                     ) -> Iterator[tuple[str, Prediction | str]]:
+        """Predict files in order, batching windows across files; yields (path, Prediction) or, for a
+        file that could not be read, (path, reason)."""
+        paths = [str(p) for p in paths]
+        queue: list[_Job] = []  # in input order, not yet yielded
+        pending: list[tuple[_Job, int]] = []  # windows waiting for a forward pass
+        for path in tqdm(paths, desc="files", unit="file", disable=not progress):
+            job = _Job(path)
+            try:
+                job.audio = read_audio(path)
+            except data.AudioError as e:
+                job.error = _one_line(e)
+            queue.append(self._prepare(job))
+            pending += [(job, i) for i in range(len(job.starts))]
+            while len(pending) >= self.batch_size:
+                self._score(pending[: self.batch_size])
+                pending = pending[self.batch_size:]
+            while queue and queue[0].done:
+                yield self._result(queue.pop(0))
+        for chunk in _chunks(pending, self.batch_size):
+            self._score(chunk)
+        for job in queue:
+            yield self._result(job)
+
+    # ------------------------------------------------------------------ internals
+
+    def _prepare(self, job: _Job) -> _Job:
+        if job.error is None:
+            job.starts = window_starts(len(job.audio), self.window, self.hop)
+        return job
+
+    @torch.no_grad()
+    def _score(self, windows: list[tuple[_Job, int]]) -> None:
+        """One forward pass over ``windows`` (job, window index); appends each window's outputs to its job."""
+        mel = torch.stack([
+            data.eval_features(torch.from_numpy(job.audio[job.starts[i]: job.starts[i] + self.window]),
+                               self.n_frames, self.net.config.n_mels)
+            for job, i in windows])
+        y = self.net(mel.to(self.device))
+        probs = y["logits"].float().softmax(-1).cpu().numpy()
+        emb = y["embedding"].float().cpu().numpy()
+        vad = y["vad"].float().cpu().numpy() if y["vad"] is not None else None
+        for k, (job, _) in enumerate(windows):
+            job.outputs.append({"probs": probs[k], "embedding": emb[k], "vad": None if vad is None else vad[k]})
+
+    def _finish(self, job: _Job) -> Prediction:
+        n, sr = len(job.audio), data.SAMPLE_RATE
+        probs = np.stack([o["probs"] for o in job.outputs])  # [W, C]
+        vad = np.stack([o["vad"] for o in job.outputs]) if self.has_vad else None  # [W, 3]
+        windows = [Window(start / sr, min(start + self.window, n) / sr, self.labels[int(p.argmax())],
+                          self._named(p), None if vad is None else _vad_dict(vad[k]))
+                   for k, (start, p) in enumerate(zip(job.starts, probs, strict=True))]
+        mean = probs.mean(0)
+        return Prediction(label=self.labels[int(mean.argmax())], probabilities=self._named(mean),
+                          vad=None if vad is None else _vad_dict(vad.mean(0)), windows=windows,
+                          embedding=np.mean([o["embedding"] for o in job.outputs], axis=0), duration=n / sr)
+
+    def _result(self, job: _Job) -> tuple[str, Prediction | str]:
+        return job.name, (job.error if job.error is not None else self._finish(job))
+
+    def _named(self, probs: np.ndarray) -> dict[str, float]:
+        return {name: float(p) for name, p in zip(self.labels, probs, strict=True)}
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i: i + size]
+
+
+def _vad_dict(vad: np.ndarray) -> dict[str, float]:
+    return {name: float(v) for name, v in zip(VAD_NAMES, vad, strict=True)}
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def find_audio(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files to predict (directories searched recursively by extension, in sorted order) and
+    (input, reason) for inputs that give none."""
+    files, missing = [], []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            if not found:
+                missing.append((name, f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this directory"))
+            files += found
+        elif path.exists():
+            files.append(path)
+        else:
+            missing.append((name, "no such file or directory"))
+    return files, missing
+
+
+def format_rows(name: str, pred: Prediction, labels: list[str], per_window: bool) -> list[dict]:
+    """Flat rows (the file, then its windows when ``per_window``) for the table and CSV outputs."""
+    def row(window: str, start: float, end: float, label: str, probs: dict, vad: dict | None) -> dict:
+        return {"file": name, "window": window, "start_s": f"{start:.2f}", "end_s": f"{end:.2f}", "label": label,
+                **{k: f"{probs[k]:.4f}" for k in labels},
+                **({k: f"{v:.4f}" for k, v in vad.items()} if vad is not None else {})}
+
+    rows = [row("all", 0.0, pred.duration, pred.label, pred.probabilities, pred.vad)]
+    if per_window:
+        rows += [row(str(i), w.start, w.end, w.label, w.probabilities, w.vad) for i, w in enumerate(pred.windows)]
+    return rows
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="audio files or directories")
+    parser.add_argument("--checkpoint", required=True, help="a model.save_model checkpoint (a run's best.pt)")
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    parser.add_argument("--per-window", action="store_true", help="also print every window with its times")
+    parser.add_argument("--hop", type=float, default=None, help="window hop in seconds (default: half a window)")
+    parser.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--embeddings", type=Path, default=None, metavar="OUT.npy",
+                        help="write the files' embeddings [N, D] float32 here")
+    parser.add_argument("--embeddings-index", type=Path, default=None, metavar="PATH",
+                        help="CSV of the file names in the embeddings' row order (default: OUT.csv)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    prog = "predict.py"
+
+    def fail(name: str, reason: str) -> None:
+        where = "" if name in reason else f"{name}: "  # data.load_audio's messages already name the file
+        tqdm.write(f"{prog}: error: {where}{reason}", file=sys.stderr)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        net = modellib.load_model(args.checkpoint, device=device)
+    except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as e:
+        print(f"{prog}: error: cannot load checkpoint {args.checkpoint}: {_one_line(e)}", file=sys.stderr)
+        return 2
+    try:
+        predictor = Predictor(net, device, hop=args.hop, batch_size=args.batch_size)
+    except ValueError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+
+    files, missing = find_audio(args.inputs)
+    for name, reason in missing:
+        fail(name, reason)
+    labels = predictor.labels
+    columns = ["file", "window", "start_s", "end_s", "label", *labels, *(VAD_NAMES if predictor.has_vad else ())]
+    widths = {c: max(len(c), 7) for c in columns}
+    widths["file"] = max([4, *(len(str(f)) for f in files)])
+    writer = csv.DictWriter(sys.stdout, columns, lineterminator="\n") if args.format == "csv" else None
+    if args.format == "csv":
+        writer.writeheader()
+    elif args.format == "table":
+        tqdm.write("  ".join(c.ljust(widths[c]) for c in columns).rstrip(), file=sys.stdout)
+
+    results, names, embeddings, n_failed = [], [], [], len(missing)
+    for name, pred in predictor.predict_many(files, progress=len(files) > 1 and sys.stderr.isatty()):
+        if isinstance(pred, str):
+            fail(name, pred)
+            n_failed += 1
+            continue
+        names.append(name)
+        embeddings.append(pred.embedding)
+        if args.format == "json":
+            results.append({"file": name, **pred.to_dict(windows=args.per_window)})
+            continue
+        for row in format_rows(name, pred, labels, args.per_window):
+            if writer is not None:
+                writer.writerow(row)
+            else:
+                tqdm.write("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns).rstrip(), file=sys.stdout)
+    if args.format == "json":
+        json.dump(results, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+
+    if args.embeddings is not None:
+        dim = predictor.net.config.dims.n_audio_state
+        matrix = np.stack(embeddings).astype(np.float32) if embeddings else np.zeros((0, dim), np.float32)
+        args.embeddings.parent.mkdir(parents=True, exist_ok=True)
+        np.save(args.embeddings, matrix)
+        index = args.embeddings_index or args.embeddings.with_suffix(".csv")
+        with open(index, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["file"])
+            out.writerows([n] for n in names)
+    if n_failed:
+        print(f"{prog}: {n_failed} of {len(files) + len(missing)} files failed", file=sys.stderr)
+    return 1 if n_failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
