@@ -1,0 +1,730 @@
+"""Corpora -> batches of Whisper log-mel features, on the GPU with NVIDIA DALI or on the CPU with PyTorch.
+
+    ds = load_corpus("data/synthetic", "train")                 # or several: ["data/iemocap", "data/ravdess"]
+    loader = make_loader(ds, batch_size=64, train=True, views=2, augment=Augment(), device="cuda")
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for batch in loader:  # mel [B, 2, 80, 300], emotion [B], vad [B, 3], index [B]
+            ...
+
+Features are Whisper's (``log_mel`` equals ``whisper.log_mel_spectrogram``, except that the maximum of the
+dynamic-range clamp is taken per clip) on a crop of ``n_frames * HOP_LENGTH`` samples at 16 kHz: a random
+crop when training with ``Augment.crop``, the centre otherwise; a shorter clip is zero-padded at the end.
+
+Both backends compute the same batches from the same random draws: every random parameter of a batch
+(crop position, speed, gain, noise, masks) is drawn in numpy from ``rng([seed, epoch, shard_id, batch])``
+(``_draw``), so batches are reproducible whatever the number of workers, and the backends agree up to
+their resamplers. The encoded bytes are decoded at their own rate (DALI's ``decoders.audio``, or
+soundfile) and resampled to 16 kHz after an anti-aliasing low-pass (``_lowpass``): DALI's resampler keeps
+its cutoff at the input's Nyquist, so without it a 48 kHz file aliases into the band.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import sys
+import weakref
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from fractions import Fraction
+from functools import cache, lru_cache
+from pathlib import Path
+
+import datasets
+import numpy as np
+import soundfile as sf
+import torch
+from scipy.signal import firwin, kaiserord, resample_poly
+
+from labels import FOUR_CLASS, merge_label_names, to_four_class
+
+SAMPLE_RATE = 16000
+N_FFT = 400
+HOP_LENGTH = 160
+VAD = ("valence", "arousal", "dominance")
+COLUMNS = ("id", "audio", "emotion", *VAD, "speaker", "corpus", "duration")
+NOISE_COLORS = ("white", "pink", "brown")
+_MARGIN = 2 * HOP_LENGTH  # 16 kHz samples resampled on either side of a crop and then dropped
+
+
+class AudioError(ValueError):
+    """Audio that cannot be decoded; the message names the file or dataset row."""
+
+
+# ----------------------------------------------------------------------------- corpora
+
+
+def load_corpus(name_or_path: str | Path | Sequence[str | Path], split: str, *,
+                four_class: bool = False) -> datasets.Dataset:
+    """One split of a corpus in the schema of prepare.py, or several corpora combined into one.
+
+    name_or_path: a ``save_to_disk`` folder (a DatasetDict, or a Dataset that is taken as the split), a
+    Hugging Face Hub dataset id, or a list of these. Several corpora are concatenated on the common
+    columns ``COLUMNS``, with ``emotion`` re-indexed by name into ``labels.merge_label_names`` of theirs.
+    four_class: keep only the rows whose label has a 4-class reduction (``labels.to_four_class``),
+    labelled 0-3 by ``FOUR_CLASS``; prints how many rows it drops.
+    """
+    names = [name_or_path] if isinstance(name_or_path, (str, Path)) else list(name_or_path)
+    if not names:
+        raise ValueError("load_corpus needs at least one corpus")
+    parts = [(str(name), _open(name, split)) for name in names]
+    for name, part in parts:
+        check_schema(part, f"{name} [{split}]")
+    if len(parts) == 1:
+        ds = parts[0][1]
+    else:
+        label_names = merge_label_names([part.features["emotion"].names for _, part in parts])
+        ds = datasets.concatenate_datasets([_relabel(part.select_columns(list(COLUMNS)), label_names)
+                                            for _, part in parts])
+    if four_class:
+        ds = _four_class(ds, f"{'+'.join(name for name, _ in parts)} [{split}]")
+    return ds
+
+
+def _open(name: str | Path, split: str) -> datasets.Dataset:
+    if Path(name).exists():
+        ds = datasets.load_from_disk(str(name))
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise KeyError(f"{name} has no split {split!r}; it has {sorted(ds)}")
+            ds = ds[split]
+    else:
+        try:
+            ds = datasets.load_dataset(str(name), split=split)
+        except Exception as e:
+            raise FileNotFoundError(f"{name!r} is neither a folder nor a loadable Hub dataset: {e}") from e
+    if isinstance(ds.features.get("audio"), datasets.Audio) and ds.features["audio"].decode:
+        ds = ds.cast_column("audio", datasets.Audio(decode=False))
+    return ds
+
+
+def check_schema(ds: datasets.Dataset, name: str = "dataset", columns: Sequence[str] = COLUMNS) -> None:
+    """Raise ValueError naming ``name`` and the column when one of ``columns`` is missing or mistyped."""
+    expected = {"id": "string", "audio": "Audio", "emotion": "ClassLabel", "speaker": "string",
+                "corpus": "string", **{c: "float" for c in (*VAD, "duration")}}
+    for column in columns:
+        kind, feature = expected[column], ds.features.get(column)
+        if feature is None:
+            raise ValueError(f"{name}: column {column!r} is missing (columns: {list(ds.features)})")
+        if kind == "Audio":
+            ok = isinstance(feature, datasets.Audio)
+        elif kind == "ClassLabel":
+            ok = isinstance(feature, datasets.ClassLabel)
+        else:
+            ok = isinstance(feature, datasets.Value) and feature.dtype.startswith(kind)
+        if not ok:
+            raise ValueError(f"{name}: column {column!r} is {feature}, expected {kind}")
+
+
+def _replace_emotion(ds: datasets.Dataset, values: np.ndarray, names: list[str]) -> datasets.Dataset:
+    """``ds`` with ``emotion`` := ``values`` named by ``names`` (a new column: the audio is not rewritten)."""
+    order = list(ds.column_names)
+    ds = ds.remove_columns("emotion").add_column(
+        "emotion", values.tolist(), feature=datasets.ClassLabel(names=names))
+    return ds.select_columns(order)
+
+
+def _relabel(ds: datasets.Dataset, names: list[str]) -> datasets.Dataset:
+    """Re-index ``emotion`` by name into ``names``; the common columns cast to one set of features."""
+    index = {name: i for i, name in enumerate(names)}
+    remap = np.array([index[n] for n in ds.features["emotion"].names], dtype=np.int64)
+    ds = _replace_emotion(ds, remap[np.asarray(ds["emotion"], dtype=np.int64)], names)
+    features = datasets.Features({
+        "id": datasets.Value("string"), "audio": datasets.Audio(decode=False),
+        "emotion": datasets.ClassLabel(names=names),
+        **{c: datasets.Value("float32") for c in VAD}, "speaker": datasets.Value("string"),
+        "corpus": datasets.Value("string"), "duration": datasets.Value("float32")})
+    for column, feature in features.items():  # Audio: metadata only; a Value that differs is converted
+        if ds.features[column] != feature:
+            ds = ds.cast_column(column, feature)
+    return ds
+
+
+def _four_class(ds: datasets.Dataset, name: str) -> datasets.Dataset:
+    names = ds.features["emotion"].names
+    remap = np.array([-1 if to_four_class(n) is None else to_four_class(n) for n in names], dtype=np.int64)
+    old = np.asarray(ds["emotion"], dtype=np.int64)
+    new = remap[old]
+    keep = np.flatnonzero(new >= 0)
+    dropped = {names[i]: int(n) for i, n in enumerate(np.bincount(old[new < 0], minlength=len(names))) if n}
+    print(f"four_class: {name}: kept {len(keep)} of {len(ds)} rows, dropped {len(ds) - len(keep)} {dropped}",
+          file=sys.stderr)
+    return _replace_emotion(ds, new, FOUR_CLASS).select(keep)
+
+
+# ----------------------------------------------------------------------------- audio
+
+
+def to_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """[T] or [T, channels] at ``sample_rate`` Hz -> float32 mono [T'] at 16 kHz (anti-aliased)."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1)
+    return _resample(audio, Fraction(SAMPLE_RATE, int(sample_rate)))
+
+
+def decode_audio(data: bytes, *, name: str = "") -> np.ndarray:
+    """Encoded audio (any format libsndfile reads) -> float32 mono [T] at 16 kHz.
+
+    Raises AudioError naming ``name`` when it cannot be decoded.
+    """
+    audio, rate = _decode(data, name)
+    return to_16k(audio, rate)
+
+
+def load_audio(path: str | Path) -> np.ndarray:
+    """An audio file -> float32 mono [T] at 16 kHz; AudioError naming the file when it cannot be read."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise AudioError(f"{path}: cannot read ({e.strerror or e})") from e
+    return decode_audio(data, name=str(path))
+
+
+def _decode(data: bytes, name: str) -> tuple[np.ndarray, int]:
+    """Encoded bytes -> (float32 mono [T] at the file's rate, rate)."""
+    try:
+        audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except Exception as e:  # libsndfile reports every failure as a RuntimeError with its own message
+        raise AudioError(f"{name or 'audio'}: cannot decode ({_reason(e)})") from e
+    return audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0], int(rate)
+
+
+def _reason(error: Exception) -> str:
+    """libsndfile's own words, without the repr of the buffer soundfile adds."""
+    return getattr(error, "error_string", None) or str(error)
+
+
+def _header(data: bytes, name: str) -> tuple[int, int]:
+    """(frames, sample rate) from the header of encoded audio; AudioError naming ``name`` when unreadable."""
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception as e:
+        raise AudioError(f"{name}: cannot decode ({_reason(e)})") from e
+    if info.frames <= 0:
+        raise AudioError(f"{name}: no audio samples")
+    return int(info.frames), int(info.samplerate)
+
+
+@lru_cache(maxsize=256)
+def _lowpass(ratio: float) -> np.ndarray:
+    """FIR taps [K] (odd K) removing what a resampling by 1/``ratio`` (input/output rate) would alias.
+
+    Cutoff at 0.95 of the output's Nyquist, transition 0.9-1.0 of it, 80 dB stop band: for 48 -> 16 kHz
+    the pass band ends at 7.2 kHz and everything above 8 kHz is attenuated by >= 80 dB.
+    """
+    if ratio <= 1:
+        return np.ones(1, np.float32)
+    n, beta = kaiserord(80.0, 0.1 / ratio)
+    return firwin(n | 1, 0.95 / ratio, window=("kaiser", beta)).astype(np.float32)
+
+
+def _resample(audio: np.ndarray, scale: Fraction) -> np.ndarray:
+    """float32 [T] -> [ceil(T * scale)] by polyphase filtering with the ``_lowpass`` filter."""
+    if scale == 1:
+        return audio
+    up, down = scale.numerator, scale.denominator
+    taps = _lowpass(float(max(up, down)))
+    return resample_poly(audio, up, down, window=taps).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- features
+
+
+@cache
+def mel_filters(n_mels: int) -> np.ndarray:
+    """Whisper's Slaney mel filter bank [n_mels, N_FFT // 2 + 1] (80 or 128 mels)."""
+    import whisper.audio
+
+    return whisper.audio.mel_filters("cpu", n_mels).numpy()
+
+
+def log_mel(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
+    """Whisper's log-mel: [..., T] 16 kHz -> [..., n_mels, T // 160] (floor: each clip's max - 8)."""
+    shape = audio.shape
+    window = torch.hann_window(N_FFT, device=audio.device)
+    stft = torch.stft(audio.reshape(-1, shape[-1]), N_FFT, HOP_LENGTH, window=window, return_complex=True)
+    power = stft[..., :-1].abs() ** 2
+    mel = torch.from_numpy(mel_filters(n_mels)).to(audio.device) @ power
+    log = mel.clamp(min=1e-10).log10()
+    log = torch.maximum(log, log.amax(dim=(-2, -1), keepdim=True) - 8.0)
+    return ((log + 4.0) / 4.0).reshape(*shape[:-1], n_mels, -1)
+
+
+def eval_features(audio: torch.Tensor, n_frames: int = 300, n_mels: int = 80) -> torch.Tensor:
+    """The evaluation features of a clip: [T] 16 kHz -> [n_mels, n_frames] (centre crop, or zero-padded)."""
+    n = n_frames * HOP_LENGTH
+    start = max(len(audio) - n, 0) // 2
+    audio = torch.nn.functional.pad(audio[start: start + n], (0, max(n - len(audio), 0)))
+    return log_mel(audio, n_mels)
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training augmentations, each applied with its probability ``p_*`` per clip and view.
+
+    crop: random crop position (otherwise the centre). shift: move the crop by up to ``max_shift`` seconds
+    either way (zeros where it leaves the clip). speed: resample by a factor in ``speed`` (quantised to
+    0.01; pitch and tempo change together). gain: uniform in ``gain_db``. noise: white, pink or brown at
+    a uniform SNR in ``snr_db``. Masks (SpecAugment) on the log-mel, filled with 0: ``n_time_masks`` of up
+    to ``time_mask`` frames, ``n_freq_masks`` of up to ``freq_mask`` mel bins.
+    """
+
+    crop: bool = True
+    p_shift: float = 0.3
+    max_shift: float = 0.2
+    p_speed: float = 0.5
+    speed: tuple[float, float] = (0.9, 1.1)
+    p_gain: float = 0.5
+    gain_db: tuple[float, float] = (-6.0, 6.0)
+    p_noise: float = 0.5
+    snr_db: tuple[float, float] = (10.0, 30.0)
+    p_time_mask: float = 0.5
+    n_time_masks: int = 2
+    time_mask: int = 20
+    p_freq_mask: float = 0.5
+    n_freq_masks: int = 2
+    freq_mask: int = 10
+
+    @classmethod
+    def none(cls) -> Augment:
+        """Every augmentation off: the evaluation features."""
+        return cls(crop=False, **{f.name: 0.0 for f in fields(cls) if f.name.startswith("p_")})
+
+    @property
+    def masks(self) -> bool:
+        return self.p_time_mask > 0 or self.p_freq_mask > 0
+
+
+@dataclass
+class _Draw:
+    """Random parameters of one batch, arrays [B, views]: what both backends apply.
+
+    start, length: the crop, in samples at the file's rate (start < 0 or beyond the end reads zeros);
+    margin: samples of context read on either side of it, so that the filters see no edge (``_MARGIN``);
+    speed: resampling factor (0.01 steps); gain: linear; noise: colour index and offset into the noise
+    bank, amplitude relative to the clip's RMS (0 = no noise); time_mask / freq_mask: [B, views, n] 1/0.
+    """
+
+    start: np.ndarray
+    length: np.ndarray
+    margin: np.ndarray
+    speed: np.ndarray
+    gain: np.ndarray
+    color: np.ndarray
+    offset: np.ndarray
+    noise: np.ndarray
+    time_mask: np.ndarray
+    freq_mask: np.ndarray
+
+
+def _draw(rng: np.random.Generator, aug: Augment, frames: np.ndarray, rates: np.ndarray, views: int,
+          n_frames: int, n_mels: int, bank: int) -> _Draw:
+    """Every random parameter of a batch of clips with ``frames`` samples at ``rates`` Hz ([B] each)."""
+    shape = (len(frames), views)
+    n = n_frames * HOP_LENGTH
+    frames, rates = frames[:, None], rates[:, None]
+
+    def maybe(p: float) -> np.ndarray:
+        return rng.random(shape) < p
+
+    low, high = round(aug.speed[0] * 100), round(aug.speed[1] * 100)
+    speed = np.where(maybe(aug.p_speed), rng.integers(low, high + 1, shape), 100) / 100
+    ratio = rates * speed / SAMPLE_RATE  # input samples per output sample
+    length = np.ceil(n * ratio).astype(np.int64)
+    margin = np.ceil(_MARGIN * ratio).astype(np.int64)
+    room = np.maximum(frames - length, 0)
+    if aug.crop:
+        start = (rng.random(shape) * (room + 1)).astype(np.int64)
+    else:
+        start = np.broadcast_to(room // 2, shape)
+    shift = np.where(maybe(aug.p_shift), rng.uniform(-1, 1, shape) * aug.max_shift * SAMPLE_RATE, 0)
+    start = start - np.round(shift * ratio).astype(np.int64)
+    gain = np.where(maybe(aug.p_gain), 10 ** (rng.uniform(*aug.gain_db, shape) / 20), 1.0)
+    noise = np.where(maybe(aug.p_noise), 10 ** (-rng.uniform(*aug.snr_db, shape) / 20), 0.0)
+    color = rng.integers(0, len(NOISE_COLORS), shape)
+    offset = rng.integers(0, bank - n + 1, shape)
+
+    def masks(p: float, count: int, width: int, size: int) -> np.ndarray:
+        on = rng.random((*shape, count)) < p
+        w = np.where(on, rng.integers(0, width + 1, (*shape, count)), 0)
+        first = (rng.random((*shape, count)) * (size - w + 1)).astype(np.int64)
+        pos = np.arange(size)
+        hit = (pos >= first[..., None]) & (pos < (first + w)[..., None])
+        return 1.0 - hit.any(axis=-2)
+
+    time_mask = masks(aug.p_time_mask, aug.n_time_masks, aug.time_mask, n_frames)
+    freq_mask = masks(aug.p_freq_mask, aug.n_freq_masks, aug.freq_mask, n_mels)
+    return _Draw(start, length, margin, speed, gain.astype(np.float32), color, offset,
+                 noise.astype(np.float32), time_mask.astype(np.float32), freq_mask.astype(np.float32))
+
+
+def noise_bank(seed: int, n: int = 2**18) -> np.ndarray:
+    """[len(NOISE_COLORS), n] white, pink (1/f power) and brown (1/f^2) noise, unit RMS, from ``seed``."""
+    rng = np.random.default_rng([seed, 1])
+    spectrum = np.fft.rfft(rng.standard_normal((len(NOISE_COLORS), n)), axis=-1)
+    f = np.arange(spectrum.shape[-1], dtype=np.float64)
+    f[0] = 1.0
+    spectrum[1] /= np.sqrt(f)
+    spectrum[2] /= f
+    spectrum[1:, 0] = 0.0
+    noise = np.fft.irfft(spectrum, n=n, axis=-1)
+    return (noise / noise.std(axis=-1, keepdims=True)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+class Loader:
+    """Batches of one shard of a dataset, one epoch per iteration; ``len()`` batches per epoch.
+
+    Each batch: ``mel`` float32 [B, n_mels, n_frames] ([B, views, n_mels, n_frames] when views > 1),
+    ``emotion`` int64 [B], ``vad`` float32 [B, 3] (NaN where unknown), ``index`` int64 [B] (rows of ``ds``).
+    Training visits this shard's part of a permutation drawn from (seed, epoch); evaluation visits the rows
+    in order. Every row of the shard comes exactly once per epoch, the last batch may be smaller.
+    An epoch that runs to its end advances ``epoch``; ``set_epoch`` sets it.
+    """
+
+    def __init__(self, ds: datasets.Dataset, *, batch_size: int, train: bool, views: int, n_frames: int,
+                 n_mels: int, augment: Augment | None, device: str | torch.device | None, seed: int,
+                 shard_id: int, num_shards: int, num_workers: int):
+        check_schema(ds, "dataset", ("id", "audio", "emotion", *VAD))
+        if batch_size < 1 or views < 1 or n_frames < 1:
+            raise ValueError(f"batch_size, views, n_frames must be >= 1: {batch_size}, {views}, {n_frames}")
+        if not 0 <= shard_id < num_shards:
+            raise ValueError(f"shard_id {shard_id} is not in [0, num_shards={num_shards})")
+        if n_mels not in (80, 128):
+            raise ValueError(f"n_mels must be 80 or 128 (Whisper's), got {n_mels}")
+        self.ds = ds
+        self.batch_size, self.train, self.views = batch_size, train, views
+        self.n_frames, self.n_mels = n_frames, n_mels
+        self.augment = augment if train and augment is not None else Augment.none()
+        self.device = torch.device(device if device is not None else "cpu")
+        self.seed, self.shard_id, self.num_shards = seed, shard_id, num_shards
+        self.num_workers = num_workers
+        self.epoch = 0
+        meta = ds.select_columns(["id", "emotion", *VAD]).with_format("numpy")[:]
+        self.ids = [str(i) for i in meta["id"]]
+        self.emotion = np.asarray(meta["emotion"], dtype=np.int64)
+        self.vad = np.stack([np.asarray(meta[c], dtype=np.float32) for c in VAD], axis=1)
+        self.bank_size = max(2**18, 2 * n_frames * HOP_LENGTH)
+        mel_filters(n_mels)  # loaded once here rather than in every worker
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> np.ndarray:
+        """This shard's rows in this epoch's order."""
+        order = np.arange(len(self.ds))
+        if self.train:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.ds))
+        return np.array_split(order, self.num_shards)[self.shard_id]
+
+    def batches(self) -> list[np.ndarray]:
+        """This epoch's batches of row indices."""
+        order = self.indices()
+        return [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def __len__(self) -> int:
+        return math.ceil(len(np.array_split(np.arange(len(self.ds)), self.num_shards)[self.shard_id])
+                         / self.batch_size)
+
+    def _rng(self, batch: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, self.shard_id, batch])
+
+    def _encoded(self, rows: np.ndarray) -> list[bytes]:
+        """Encoded audio of ``rows`` (the bytes, or the file at ``path`` where a dataset has no bytes)."""
+        audio = self.ds.select_columns(["audio"])[rows.tolist()]["audio"]
+        out = []
+        for row, a in zip(rows, audio, strict=True):
+            if a.get("bytes") is not None:
+                out.append(a["bytes"])
+            else:
+                try:
+                    out.append(Path(a["path"]).read_bytes())
+                except (OSError, TypeError) as e:
+                    where = self._where(row)
+                    raise AudioError(f"{where}: no audio bytes and cannot read {a.get('path')!r}") from e
+        return out
+
+    def _where(self, row: int) -> str:
+        return f"row {int(row)} (id {self.ids[row]!r})"
+
+    def _meta(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        out = {"emotion": torch.from_numpy(self.emotion[rows]), "vad": torch.from_numpy(self.vad[rows]),
+               "index": torch.from_numpy(rows.astype(np.int64))}
+        return {k: v.to(self.device, non_blocking=True) for k, v in out.items()}
+
+
+class TorchLoader(Loader):
+    """The PyTorch backend: one batch per ``DataLoader`` item, computed in ``num_workers`` processes."""
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        batches = _TorchBatches(self, self.batches())
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False,
+                                             num_workers=self.num_workers)
+        for rows, mel in loader:
+            yield {"mel": mel.to(self.device, non_blocking=True), **self._meta(rows.numpy())}
+        self.epoch += 1
+
+
+class _TorchBatches(torch.utils.data.Dataset):
+    def __init__(self, loader: TorchLoader, batches: list[np.ndarray]):
+        self.loader, self.batches = loader, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows [B], mel) of batch ``i``."""
+        lo, rows = self.loader, self.batches[i]
+        decoded = [_decode(data, lo._where(row)) for row, data in zip(rows, lo._encoded(rows), strict=True)]
+        frames = np.array([len(a) for a, _ in decoded])
+        rates = np.array([r for _, r in decoded])
+        d = _draw(lo._rng(i), lo.augment, frames, rates, lo.views, lo.n_frames, lo.n_mels, lo.bank_size)
+        n = lo.n_frames * HOP_LENGTH
+        bank = _bank(lo.seed, lo.bank_size) if lo.augment.p_noise > 0 else None
+        wave = np.zeros((len(rows), lo.views, n), np.float32)
+        for b, (audio, rate) in enumerate(decoded):
+            for v in range(lo.views):
+                margin = d.margin[b, v]
+                start, length = d.start[b, v] - margin, d.length[b, v] + 2 * margin
+                crop = np.zeros(length, np.float32)
+                first, last = max(start, 0), min(start + length, len(audio))
+                if last > first:
+                    crop[first - start: last - start] = audio[first:last]
+                scale = Fraction(SAMPLE_RATE * 100, int(rate * round(d.speed[b, v] * 100)))
+                x = _resample(crop, scale)[round(margin * scale):][:n]
+                wave[b, v, : len(x)] = x
+        wave *= d.gain[..., None]
+        if bank is not None:
+            noise = np.stack([[bank[c, o: o + n] for c, o in zip(cs, os, strict=True)]
+                              for cs, os in zip(d.color, d.offset, strict=True)])
+            rms = np.sqrt((wave.astype(np.float64) ** 2).mean(axis=-1, keepdims=True)).astype(np.float32)
+            wave += noise * rms * d.noise[..., None]
+        mel = log_mel(torch.from_numpy(wave), lo.n_mels)
+        if lo.augment.masks:
+            mel = mel * torch.from_numpy(d.freq_mask[..., :, None] * d.time_mask[..., None, :])
+        return torch.from_numpy(rows), mel[:, 0] if lo.views == 1 else mel
+
+
+@lru_cache(maxsize=4)
+def _bank(seed: int, n: int) -> np.ndarray:
+    return noise_bank(seed, n)
+
+
+class DaliLoader(Loader):
+    """The DALI backend: encoded bytes go in through ``external_source``; decoding, resampling, augmentation
+    and features run in one DALI graph, on the GPU after decoding when ``device`` is CUDA (else on DALI's
+    CPU backend) with ``num_workers`` threads."""
+
+    def __init__(self, ds: datasets.Dataset, **kw):
+        super().__init__(ds, **kw)
+        self._pipe = None
+        # The epoch in progress and the graph's source hold this loader weakly: no reference cycle leaves a
+        # DALI pipeline to the garbage collector, which could run it down in a forked worker (a hang).
+        self._active: weakref.ref | None = None
+        self._todo: deque[tuple[int, np.ndarray]] = deque()  # batches not yet handed to DALI
+        self._fed: deque[np.ndarray] = deque()  # batches handed to DALI, not yet out
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        previous = self._active() if self._active is not None else None
+        if previous is not None:  # a previous epoch left unfinished: drain it before this one starts
+            previous.close()
+        epoch = self._epoch()
+        self._active = weakref.ref(epoch)
+        return epoch
+
+    def _epoch(self) -> Iterator[dict[str, torch.Tensor]]:
+        if self._pipe is None:
+            self._pipe = self._build()
+        pipe = self._pipe
+        self._todo = deque(enumerate(self.batches()))
+        self._fed.clear()
+        try:
+            while True:
+                try:
+                    out = pipe.run()
+                except StopIteration:
+                    break
+                except RuntimeError as e:
+                    raise self._explain(e) from e
+                yield {"mel": self._to_torch(out), **self._meta(self._fed.popleft())}
+        except GeneratorExit:  # abandoned mid-epoch: let DALI run out of what it has prefetched
+            self._todo.clear()
+            with contextlib.suppress(StopIteration):
+                while True:
+                    pipe.run()
+            raise
+        except BaseException:
+            self._pipe = None  # DALI's state after an error is unknown: the next epoch builds a fresh graph
+            raise
+        finally:
+            self._active = None
+            if self._pipe is pipe:
+                pipe.reset()
+        self.epoch += 1
+
+    def _source(self) -> list[list[np.ndarray]]:
+        """One batch of inputs for the graph (called by DALI, in order): the encoded bytes, then per view
+        its crop (start, length), low-pass taps, and the active augmentations' parameters."""
+        if not self._todo:
+            raise StopIteration
+        i, rows = self._todo.popleft()
+        self._fed.append(rows)
+        encoded = self._encoded(rows)
+        head = np.array([_header(data, self._where(row)) for row, data in zip(rows, encoded, strict=True)])
+        aug, n = self.augment, self.n_frames * HOP_LENGTH
+        d = _draw(self._rng(i), aug, head[:, 0], head[:, 1], self.views, self.n_frames, self.n_mels,
+                  self.bank_size)
+        bank = _bank(self.seed, self.bank_size) if aug.p_noise > 0 else None
+        out = [[np.frombuffer(data, np.uint8) for data in encoded]]
+        for v in range(self.views):
+            out.append([np.array([s], np.int32) for s in d.start[:, v] - d.margin[:, v]])
+            out.append([np.array([s], np.int32) for s in d.length[:, v] + 2 * d.margin[:, v]])
+            ratio = head[:, 1] * d.speed[:, v] / SAMPLE_RATE
+            out.append([_lowpass(float(r))[None] for r in ratio])
+            out.append([np.array(r != 1) for r in ratio])  # resample?
+            out.append([np.array(r > 1) for r in ratio])  # low-pass first?
+            if aug.p_gain > 0:
+                out.append(list(d.gain[:, v]))
+            if bank is not None:
+                out.append([bank[c, o: o + n] for c, o in zip(d.color[:, v], d.offset[:, v], strict=True)])
+                out.append(list(d.noise[:, v]))
+            if aug.masks:
+                out.append(list(d.freq_mask[:, v, :, None]))
+                out.append(list(d.time_mask[:, v, None, :]))
+        return out
+
+    def _build(self):
+        from nvidia.dali import fn, pipeline_def, types
+        from nvidia.dali import math as dmath
+        from nvidia.dali.pipeline import do_not_convert
+
+        aug, gpu = self.augment, self.device.type == "cuda"
+        loader = weakref.ref(self)
+        source = do_not_convert(lambda: loader()._source())  # plain Python, outside DALI's AutoGraph
+        per_view = 5 + (aug.p_gain > 0) + 2 * (aug.p_noise > 0) + 2 * aug.masks
+        window = torch.hann_window(N_FFT).tolist()  # periodic, as Whisper's; DALI's default differs
+        n = self.n_frames * HOP_LENGTH
+
+        @pipeline_def(batch_size=self.batch_size, num_threads=max(self.num_workers, 1),
+                      device_id=(self.device.index or 0) if gpu else None, seed=self.seed,
+                      prefetch_queue_depth=2, enable_conditionals=True)
+        def graph():
+            inputs = fn.external_source(source=source, num_outputs=1 + self.views * per_view, batch=True)
+            audio, _ = fn.decoders.audio(inputs[0], downmix=True, dtype=types.FLOAT)
+            if gpu:
+                audio = audio.gpu()
+            mels = []
+            for v in range(self.views):
+                view = inputs[1 + v * per_view: 1 + (v + 1) * per_view]
+                start, length, taps, resample, lowpass, *rest = view
+                x = fn.slice(audio, start, length, axes=[0], out_of_bounds_policy="pad")
+                if resample:  # per sample: only the clips that need it pay for the filters
+                    if lowpass:
+                        x = fn.filter(fn.reshape(x, shape=[1, -1], layout="HW"), taps, border="constant")
+                        x = fn.reshape(x, shape=[-1])
+                    x = fn.audio_resample(x, out_length=n + 2 * _MARGIN)
+                x = x[_MARGIN: _MARGIN + n]
+                if aug.p_gain > 0:
+                    x = x * (rest.pop(0).gpu() if gpu else rest.pop(0))
+                if aug.p_noise > 0:
+                    noise, amp = (t.gpu() if gpu else t for t in (rest.pop(0), rest.pop(0)))
+                    x = x + noise * (dmath.sqrt(fn.reductions.mean_square(x)) * amp)
+                spec = fn.spectrogram(x, nfft=N_FFT, window_length=N_FFT, window_step=HOP_LENGTH,
+                                      window_fn=window, center_windows=True, reflect_padding=True, power=2)
+                mel = fn.mel_filter_bank(spec, sample_rate=SAMPLE_RATE, nfilter=self.n_mels,
+                                         freq_high=SAMPLE_RATE / 2, mel_formula="slaney", normalize=True)
+                # log10(max(mel, 1e-10)), the last frame dropped as Whisper does
+                log = fn.to_decibels(mel, multiplier=1.0, reference=1.0, cutoff_db=-10.0)[:, :-1]
+                log = (dmath.max(log, fn.reductions.max(log) - 8.0) + 4.0) / 4.0
+                if aug.masks:
+                    freq, time = (t.gpu() if gpu else t for t in (rest.pop(0), rest.pop(0)))
+                    log = log * freq * time
+                mels.append(log)
+            return tuple(mels)
+
+        pipe = graph()
+        pipe.build()
+        return pipe
+
+    def _to_torch(self, out) -> torch.Tensor:
+        """DALI outputs (one per view) -> [B, n_mels, n_frames] or [B, views, n_mels, n_frames], on device."""
+        mels = []
+        for tl in out:
+            if self.device.type == "cuda":
+                from nvidia.dali.plugin.pytorch import feed_ndarray
+
+                t = tl.as_tensor()
+                mel = torch.empty(t.shape(), dtype=torch.float32, device=self.device)
+                feed_ndarray(t, mel, cuda_stream=torch.cuda.current_stream(self.device))
+            else:
+                mel = torch.from_numpy(np.array(tl.as_tensor()))
+            mels.append(mel)
+        return mels[0] if self.views == 1 else torch.stack(mels, dim=1)
+
+    def _explain(self, error: RuntimeError) -> Exception:
+        """DALI's error -> AudioError naming the rows in flight that soundfile cannot decode either."""
+        rows = [row for batch in self._fed for row in batch]
+        bad = []
+        for row, data in zip(rows, self._encoded(np.array(rows, dtype=np.int64)), strict=True):
+            try:
+                _decode(data, self._where(row))
+            except AudioError as e:
+                bad.append(str(e))
+        if bad:
+            return AudioError("; ".join(bad))
+        where = ", ".join(self._where(row) for row in rows)
+        return RuntimeError(f"DALI failed on a batch holding {where}: {error}")
+
+
+def make_loader(ds: datasets.Dataset, *, batch_size: int, train: bool, views: int = 1, n_frames: int = 300,
+                n_mels: int = 80, augment: Augment | None = None, backend: str = "auto",
+                device: str | torch.device | None = None, seed: int = 0, shard_id: int = 0,
+                num_shards: int = 1, num_workers: int | None = None) -> Loader:
+    """Batches of ``ds`` (see ``Loader``). backend: "dali" (= "auto") or "torch". ``augment`` applies only
+    when ``train``; ``num_workers`` (default min(4, CPUs)) : DALI threads or DataLoader processes."""
+    if num_workers is None:
+        num_workers = min(4, len(os.sched_getaffinity(0)))
+    kw = dict(batch_size=batch_size, train=train, views=views, n_frames=n_frames, n_mels=n_mels,
+              augment=augment, device=device, seed=seed, shard_id=shard_id, num_shards=num_shards,
+              num_workers=num_workers)
+    if backend in ("auto", "dali"):
+        return DaliLoader(ds, **kw)
+    if backend == "torch":
+        return TorchLoader(ds, **kw)
+    raise ValueError(f"unknown backend {backend!r}: expected 'auto', 'dali' or 'torch'")
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def plot_batch(batch: dict[str, torch.Tensor], label_names: Sequence[str], n: int = 4):
+    """Log-mels of the first ``n`` clips of ``batch`` (views side by side), titled with label and VAD."""
+    import matplotlib.pyplot as plt
+
+    mel = batch["mel"].detach().float().cpu()
+    mel = mel[:, None] if mel.ndim == 3 else mel
+    n = min(n, len(mel))
+    views = mel.shape[1]
+    fig, axes = plt.subplots(n, views, figsize=(4 * views, 2.2 * n), squeeze=False, constrained_layout=True)
+    for i in range(n):
+        label = label_names[int(batch["emotion"][i])]
+        vad = batch["vad"][i].tolist()
+        if not any(math.isnan(x) for x in vad):
+            label += "  V {:.2f} A {:.2f} D {:.2f}".format(*vad)
+        for v in range(views):
+            ax = axes[i, v]
+            ax.imshow(mel[i, v].numpy(), origin="lower", aspect="auto", interpolation="nearest")
+            ax.set_title(label + (f"  (view {v + 1})" if views > 1 else ""), fontsize=9)
+            ax.set_xlabel("frame")
+            ax.set_ylabel("mel bin")
+    return fig
