@@ -79,7 +79,7 @@ def load_corpus(name_or_path: str | Path | Sequence[str | Path], split: str, *,
     else:
         label_names = merge_label_names([part.features["emotion"].names for _, part in parts])
         ds = datasets.concatenate_datasets([_relabel(part.select_columns(list(COLUMNS)), label_names)
-                                            for _, part in parts])
+                                            for _, part in parts]).select_columns(list(COLUMNS))
     if four_class:
         ds = _four_class(ds, f"{'+'.join(name for name, _ in parts)} [{split}]")
     return ds

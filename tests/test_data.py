@@ -1,0 +1,335 @@
+"""data.py on real files: features against openai-whisper, both loaders (real DALI on its CPU backend, real
+DataLoader), epochs, shards, seeds, augmentation, resampling without aliasing, bad input, corpora."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import datasets
+import matplotlib
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import whisper
+
+import data
+from labels import FOUR_CLASS, label_names, merge_label_names
+
+matplotlib.use("Agg")
+BACKENDS = ("dali", "torch")
+N_FRAMES = 100  # 1 s crops keep the tests fast
+RNG = np.random.default_rng(0)
+# A speech-like sound defined in continuous time (so it can be sampled at any rate): two gliding harmonic
+# tones under a floor of 300 weak random partials, everything below 7 kHz.
+PARTIALS = RNG.uniform(50, 7000, 300), RNG.uniform(0, 2 * np.pi, 300), RNG.uniform(0.2, 1, 300) * 0.003
+
+
+def sound(seconds: float, rate: int = 16000, pitch: float = 150.0, tone_hz: float = 0.0) -> np.ndarray:
+    """float32 [seconds * rate]; ``tone_hz`` adds a loud pure tone (above 8 kHz: what must not alias)."""
+    t = np.arange(int(seconds * rate)) / rate
+    x = 0.3 * np.sin(2 * np.pi * (pitch * t + 200 * t**2)) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    x += 0.1 * np.sin(2 * np.pi * (4 * pitch * t + 500 * t**2))
+    f, phase, amp = PARTIALS
+    x += (amp[:, None] * np.sin(2 * np.pi * f[:, None] * t + phase[:, None])).sum(0)
+    if tone_hz:
+        x += 0.3 * np.sin(2 * np.pi * tone_hz * t)
+    return x.astype(np.float32)
+
+
+def encode(x: np.ndarray, rate: int = 16000, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, x, rate, format=fmt, subtype=subtype)
+    return buffer.getvalue()
+
+
+def corpus(audio: list[bytes], labels: list[str], names: list[str], *, ids: list[str] | None = None,
+           drop: str | None = None, corpus_name: str = "test") -> datasets.Dataset:
+    """A dataset in prepare.py's schema holding the encoded ``audio``; ``drop`` leaves a column out."""
+    n = len(audio)
+    columns = {
+        "id": ids or [f"{corpus_name}_{i:02d}" for i in range(n)],
+        "audio": [{"bytes": a, "path": f"{i}.wav"} for i, a in enumerate(audio)],
+        "emotion": [names.index(label) for label in labels],
+        "valence": [0.1 * i for i in range(n)], "arousal": [0.5] * n, "dominance": [np.nan] * n,
+        "speaker": [f"s{i % 2}" for i in range(n)], "corpus": [corpus_name] * n,
+        "duration": [1.0] * n, "extra": ["x"] * n,
+    }
+    features = datasets.Features({
+        "id": datasets.Value("string"),
+        "audio": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")},
+        "emotion": datasets.ClassLabel(names=names), "valence": datasets.Value("float32"),
+        "arousal": datasets.Value("float32"), "dominance": datasets.Value("float32"),
+        "speaker": datasets.Value("string"), "corpus": datasets.Value("string"),
+        "duration": datasets.Value("float32"), "extra": datasets.Value("string")})
+    ds = datasets.Dataset.from_dict(columns, features=features)
+    ds = ds.cast_column("audio", datasets.Audio(decode=False))  # how prepare.py stores the original bytes
+    return ds.remove_columns(drop) if drop else ds
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[np.ndarray]:
+    """Seven clips of 0.5-2 s (shorter and longer than the crop), 16 kHz, as 16-bit files hold them."""
+    return [sf.read(io.BytesIO(encode(sound(0.5 + 0.25 * i, pitch=120 + 20 * i))), dtype="float32")[0]
+            for i in range(7)]
+
+
+@pytest.fixture(scope="module")
+def small(clips) -> datasets.Dataset:
+    labels = ["neutral", "happy", "sad", "angry", "sad", "sad", "sad"]
+    return corpus([encode(x) for x in clips], labels, FOUR_CLASS)
+
+
+def loader(ds, backend, **kw):
+    kw = {"batch_size": 3, "train": False, "n_frames": N_FRAMES, "num_workers": int(backend == "dali"), **kw}
+    return data.make_loader(ds, backend=backend, **kw)
+
+
+def rows(batches) -> list[list[int]]:
+    return [b["index"].tolist() for b in batches]
+
+
+def whisper_eval(x: np.ndarray, n_frames: int, n_mels: int) -> torch.Tensor:
+    """Whisper's own log-mel of the evaluation crop (centre, or zero-padded at the end)."""
+    n = n_frames * data.HOP_LENGTH
+    start = max(len(x) - n, 0) // 2
+    return whisper.log_mel_spectrogram(torch.from_numpy(whisper.pad_or_trim(x[start:], n)), n_mels)
+
+
+# ----------------------------------------------------------------------------- features
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_log_mel_is_whispers_with_a_per_clip_maximum(n_mels):
+    x = sf.read(io.BytesIO(encode(sound(3.0))), dtype="float32")[0]
+    assert np.abs(x).max() > 0.1
+    ref = whisper.log_mel_spectrogram(torch.from_numpy(x), n_mels)
+    ours = data.log_mel(torch.from_numpy(x), n_mels)
+    assert ours.shape == (n_mels, 300) == ref.shape
+    assert (ours - ref).abs().max() <= 1e-4
+    # batched: each clip keeps its own maximum (whisper's on a batch would take the batch's)
+    quiet = x * 1e-3
+    batch = data.log_mel(torch.from_numpy(np.stack([x, quiet])), n_mels)
+    assert (batch[1] - whisper.log_mel_spectrogram(torch.from_numpy(quiet), n_mels)).abs().max() <= 1e-4
+    assert (batch[0] - ref).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_loader_features_are_whispers(backend, n_mels, small, clips):
+    batches = list(loader(small, backend, n_mels=n_mels))
+    mel = torch.cat([b["mel"] for b in batches])
+    ref = torch.stack([whisper_eval(x, N_FRAMES, n_mels) for x in clips])
+    assert mel.shape == ref.shape == (len(clips), n_mels, N_FRAMES)
+    assert (mel - ref).abs().max() <= 1e-4
+    eval_features = torch.stack([data.eval_features(torch.from_numpy(x), N_FRAMES, n_mels) for x in clips])
+    assert (eval_features - ref).abs().max() <= 1e-4
+
+
+def test_48khz_and_16khz_files_of_one_sound_give_the_same_features():
+    """The 48 kHz file also holds a loud 12 kHz tone: it must be filtered out, not folded to 4 kHz."""
+    # float files: 16-bit quantisation noise alone (spread over 24 kHz in one, 8 kHz in the other) moves
+    # the quietest bins by ~1e-3
+    audio = [encode(sound(1.6), subtype="FLOAT"),
+             encode(sound(1.6, 48000, tone_hz=12000), 48000, subtype="FLOAT")]
+    ds = corpus(audio, ["happy", "happy"], FOUR_CLASS)
+    for backend in BACKENDS:
+        mel = next(iter(loader(ds, backend, batch_size=2)))["mel"]
+        # measured 4.5e-5 with the anti-aliasing filter; 1.1 without it
+        assert (mel[0] - mel[1]).abs().max() <= 1e-3, backend
+
+
+def test_decode_and_load_audio_downmix_and_resample(tmp_path):
+    x = sound(1.0, rate=48000)
+    path = tmp_path / "stereo.flac"
+    sf.write(path, np.stack([x, x], axis=1), 48000)
+    audio = data.load_audio(path)
+    assert audio.dtype == np.float32 and audio.shape == (16000,)
+    assert np.abs(audio - sound(1.0)).max() < 0.01
+    assert np.array_equal(audio, data.decode_audio(path.read_bytes()))
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF" + bytes(100))
+    with pytest.raises(data.AudioError, match="bad.wav"):
+        data.load_audio(bad)
+    with pytest.raises(data.AudioError, match="clip_7"):
+        data.decode_audio(b"not audio", name="clip_7")
+
+
+# ----------------------------------------------------------------------------- batches and epochs
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("views", [1, 2])
+def test_batch_contract(backend, views, small):
+    ld = loader(small, backend, views=views, train=True, augment=data.Augment())
+    batches = list(ld)
+    assert len(ld) == len(batches) == 3 and [len(b["index"]) for b in batches] == [3, 3, 1]
+    b = batches[0]
+    assert set(b) == {"mel", "emotion", "vad", "index"}
+    shape = (3, 80, N_FRAMES) if views == 1 else (3, views, 80, N_FRAMES)
+    assert b["mel"].shape == shape and b["mel"].dtype == torch.float32 and b["mel"].device.type == "cpu"
+    assert b["emotion"].dtype == b["index"].dtype == torch.int64 and b["vad"].dtype == torch.float32
+    assert b["vad"].shape == (3, 3) and b["vad"][:, 2].isnan().all()
+    i = b["index"].numpy()
+    assert b["emotion"].tolist() == [small[int(j)]["emotion"] for j in i]
+    assert b["vad"][:, 0].numpy() == pytest.approx(0.1 * i, abs=1e-6)
+    assert torch.isfinite(b["mel"]).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_row_once_per_epoch_last_batch_kept(backend, small):
+    ev = loader(small, backend)
+    assert rows(ev) == [[0, 1, 2], [3, 4, 5], [6]] == rows(ev)
+    tr = loader(small, backend, train=True)
+    first, second = rows(tr), rows(tr)  # a finished epoch advances the epoch counter
+    for epoch in (first, second):
+        assert sorted(sum(epoch, [])) == list(range(7)) and [len(b) for b in epoch] == [3, 3, 1]
+    assert first != second and tr.epoch == 2
+    tr.set_epoch(0)
+    assert rows(tr) == first
+
+
+def test_shards_are_disjoint_and_complete():
+    ds = corpus([encode(sound(0.3))] * 11, ["sad"] * 11, FOUR_CLASS)
+    for train in (False, True):
+        shards = [loader(ds, "dali", batch_size=2, train=train, shard_id=k, num_shards=3) for k in range(3)]
+        seen = [sum(rows(s), []) for s in shards]
+        assert [len(s) for s in shards] == [len(range(0, len(x), 2)) for x in seen]
+        assert sorted(sum(seen, [])) == list(range(11))
+    with pytest.raises(ValueError, match="shard_id 3"):
+        loader(ds, "dali", shard_id=3, num_shards=3)
+
+
+def test_abandoned_epoch_does_not_leak_into_the_next(small):
+    ld = loader(small, "dali", batch_size=2)
+    it = iter(ld)
+    next(it)
+    assert rows(ld) == [[0, 1], [2, 3], [4, 5], [6]]
+
+
+# ----------------------------------------------------------------------------- augmentation and seeds
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_views_and_seeds(backend, small):
+    def mels(seed, augment):
+        return torch.cat([b["mel"] for b in loader(small, backend, train=True, views=2, seed=seed,
+                                                   augment=augment)])
+
+    aug = mels(1, data.Augment())
+    assert (aug[:, 0] - aug[:, 1]).abs().amax(dim=(1, 2)).min() > 0.01  # every clip's two views differ
+    assert torch.equal(aug, mels(1, data.Augment()))  # same seed, same batches
+    assert not torch.equal(aug, mels(2, data.Augment()))
+    plain = mels(1, None)
+    assert torch.equal(plain[:, 0], plain[:, 1])
+    # evaluation ignores augmentation
+    ev = [torch.cat([b["mel"] for b in loader(small, backend, augment=a)]) for a in (None, data.Augment())]
+    assert torch.equal(*ev)
+
+
+def test_worker_processes_give_the_same_batches(small):
+    kw = {"train": True, "views": 2, "seed": 3, "augment": data.Augment()}
+    one, two = (torch.cat([b["mel"] for b in loader(small, "torch", num_workers=w, **kw)]) for w in (0, 2))
+    assert torch.equal(one, two)
+
+
+def test_each_augmentation_changes_the_features_and_none_matches_evaluation(small):
+    first = next(iter(loader(small, "torch", train=True, augment=data.Augment.none())))
+    base = first["mel"]
+    evaluation = torch.cat([b["mel"] for b in loader(small, "torch")])
+    assert torch.equal(base, evaluation[first["index"]])
+    off = data.Augment.none()
+    for change in ({"crop": True}, {"p_shift": 1.0}, {"p_speed": 1.0}, {"p_gain": 1.0}, {"p_noise": 1.0},
+                   {"p_time_mask": 1.0}, {"p_freq_mask": 1.0}):
+        for backend in BACKENDS:
+            mel = next(iter(loader(small, backend, train=True, augment=dataclasses.replace(off, **change))))
+            assert (mel["mel"] - base).abs().max() > 1e-2, (change, backend)
+
+
+def test_backends_draw_the_same_augmentations(small):
+    """Same random parameters on both backends; only their resamplers differ."""
+    kw = {"train": True, "views": 2, "seed": 5, "augment": data.Augment()}
+    dali, torch_ = (torch.cat([b["mel"] for b in loader(small, backend, **kw)]) for backend in BACKENDS)
+    assert (dali - torch_).abs().mean() < 0.01
+    masked = torch_ == 0
+    assert masked.any() and torch.equal(masked, dali == 0)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_corrupt_rows_are_named(backend, clips):
+    flac = bytearray(encode(clips[3], fmt="FLAC"))
+    flac[200:] = RNG.integers(0, 256, len(flac) - 200, dtype=np.uint8).tobytes()  # valid header, bad frames
+    for bad, name in ((b"RIFF" + bytes(64), "garbage_wav"), (bytes(flac), "broken_flac")):
+        audio = [encode(x) for x in clips[:4]]
+        audio[2] = bad
+        ds = corpus(audio, ["sad"] * 4, FOUR_CLASS, ids=["a", "b", name, "d"])
+        with pytest.raises(data.AudioError, match=f"row 2 \\(id '{name}'\\)"):
+            list(loader(ds, backend))
+
+
+def test_missing_or_mistyped_columns_are_named(small, tmp_path):
+    for column in ("audio", "valence", "id"):
+        with pytest.raises(ValueError, match=f"'{column}' is missing"):
+            data.make_loader(small.remove_columns(column), batch_size=2, train=False)
+    mistyped = small.cast_column("emotion", datasets.Value("int64"))
+    with pytest.raises(ValueError, match="'emotion' is"):
+        data.make_loader(mistyped, batch_size=2, train=False)
+    datasets.DatasetDict({"train": small.remove_columns("speaker")}).save_to_disk(str(tmp_path / "c"))
+    with pytest.raises(ValueError, match=f"{tmp_path / 'c'} \\[train\\]: column 'speaker' is missing"):
+        data.load_corpus(tmp_path / "c", "train")
+    with pytest.raises(KeyError, match="no split 'test'"):
+        data.load_corpus(tmp_path / "c", "test")
+
+
+# ----------------------------------------------------------------------------- corpora
+
+
+@pytest.fixture(scope="module")
+def two_corpora(tmp_path_factory, clips) -> list[str]:
+    out = tmp_path_factory.mktemp("corpora")
+    audio = [encode(x) for x in clips[:4]]
+    rav = corpus(audio, ["calm", "happy", "disgusted", "neutral"], label_names("ravdess"),
+                 corpus_name="ravdess")
+    iem = corpus(audio, ["excited", "frustrated", "angry", "sad"], label_names("iemocap"),
+                 corpus_name="iemocap")
+    paths = []
+    for name, ds in (("ravdess", rav), ("iemocap", iem)):
+        datasets.DatasetDict({"train": ds}).save_to_disk(str(out / name))
+        paths.append(str(out / name))
+    return paths
+
+
+def test_combined_corpora_are_reindexed_by_name(two_corpora):
+    ds = data.load_corpus(two_corpora, "train")
+    names = ds.features["emotion"].names
+    assert names == merge_label_names([label_names("ravdess"), label_names("iemocap")])
+    assert [names[e] for e in ds["emotion"]] == ["calm", "happy", "disgusted", "neutral",
+                                                 "excited", "frustrated", "angry", "sad"]
+    assert ds.column_names == list(data.COLUMNS) and ds["corpus"] == ["ravdess"] * 4 + ["iemocap"] * 4
+    batch = next(iter(loader(ds, "dali", batch_size=8)))
+    assert batch["emotion"].tolist() == ds["emotion"]
+
+
+def test_four_class_keeps_mapped_rows_and_reports_the_rest(two_corpora, capsys):
+    ds = data.load_corpus(two_corpora, "train", four_class=True)
+    assert ds.features["emotion"].names == FOUR_CLASS
+    assert [FOUR_CLASS[e] for e in ds["emotion"]] == ["happy", "neutral", "happy", "angry", "sad"]
+    assert ds["id"] == ["ravdess_01", "ravdess_03", "iemocap_00", "iemocap_02", "iemocap_03"]
+    report = capsys.readouterr().err
+    assert "kept 5 of 8 rows, dropped 3" in report and "'calm': 1" in report and "'frustrated': 1" in report
+
+
+def test_synthetic_corpus_from_disk(synthetic_dir):
+    ds = data.load_corpus(synthetic_dir, "validation")
+    ld = data.make_loader(ds, batch_size=16, train=False, n_frames=N_FRAMES, num_workers=1)
+    assert sorted(sum(rows(ld), [])) == list(range(len(ds)))
+
+
+def test_plot_batch(small):
+    batch = next(iter(loader(small, "torch", views=2, train=True, augment=data.Augment())))
+    fig = data.plot_batch(batch, FOUR_CLASS, n=2)
+    assert len(fig.axes) == 4 and FOUR_CLASS[int(batch["emotion"][0])] in fig.axes[0].get_title()
