@@ -4,8 +4,9 @@
   from a model name, a checkpoint file or ``random:<name>``, with its positional embedding trimmed
   to the first ``n_frames // 2`` rows so that it takes short clips (300 mel frames = 3 s) instead of
   Whisper's 30 s window.
-- ``EmotionModel`` pools the encoder's frames into an embedding and feeds a contrastive projection
-  head, a classification head and an optional valence/arousal/dominance head.
+- ``EmotionModel`` mixes the encoder's layers (or takes the last), pools the frames into an embedding
+  and feeds a contrastive projection head, a classification head and an optional
+  valence/arousal/dominance head.
 - ``set_trainable`` freezes parts of the encoder; ``save_model``/``load_model`` write and read one
   self-describing file that rebuilds the model without the original Whisper checkpoint.
 """
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "whisper-ser/1"
 POOLINGS = ("mean", "attentive")
+LAYERS = ("weighted", "last")
 POLICIES = ("heads", "all", "top:N")
 DOWNLOAD_TIMEOUT_S = 30.0
 
@@ -82,11 +84,26 @@ class Encoder(AudioEncoder):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [B, n_mels, n_frames] log-mel -> [B, n_frames // 2, n_audio_state]."""
+        self._check(x)
+        return super().forward(x)
+
+    def hidden_states(self, x: Tensor) -> list[Tensor]:
+        """x: [B, n_mels, n_frames] -> n_audio_layer + 1 tensors [B, n_frames // 2, n_audio_state]: the input
+        embedding (convolutions + positions), then each block's output, the last after ``ln_post`` (so it
+        equals ``forward``)."""
+        self._check(x)
+        x = F.gelu(self.conv2(F.gelu(self.conv1(x)))).permute(0, 2, 1)
+        hidden = [(x + self.positional_embedding).to(x.dtype)]
+        for block in self.blocks:
+            hidden.append(block(hidden[-1]))
+        hidden[-1] = self.ln_post(hidden[-1])
+        return hidden
+
+    def _check(self, x: Tensor) -> None:
         expected = (self.dims.n_mels, self.n_frames)
         if x.ndim != 3 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"expected a mel of shape [batch, {expected[0]}, {expected[1]}] "
                              f"(n_mels, n_frames), received {list(x.shape)}")
-        return super().forward(x)
 
 
 def _check_n_frames(n_frames: int, most: int = N_FRAMES) -> None:
@@ -202,6 +219,7 @@ class ModelConfig:
     n_frames: int = 300
     n_mels: int = 80
     pooling: str = "mean"  # "mean" | "attentive"
+    layers: str = "weighted"  # "weighted": LayerMix of every encoder layer | "last": the final layer only
     proj_dim: int = 128
     vad_head: bool = False
     dropout: float = 0.1  # before the classification and VAD heads
@@ -216,8 +234,28 @@ class ModelConfig:
                              f"n_mels={self.dims.n_mels}, n_audio_ctx={self.dims.n_audio_ctx} (= n_frames // 2)")
         if self.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {self.pooling!r}; use one of {POOLINGS}")
+        if self.layers not in LAYERS:
+            raise ValueError(f"unknown layers {self.layers!r}; use one of {LAYERS}")
         if not self.labels:
             raise ValueError("labels must name at least one class")
+
+
+class LayerMix(nn.Module):
+    """A learned weighted sum of the encoder's layers, as SUPERB's featurizer (Yang et al., 2021).
+
+    h = sum_l softmax(w)_l LN(h_l) over l = 0 (input embedding) .. n_layer, each h_l [B, T, D] normalised
+    (layer norm without affine weights) so that the weights compare layers of different scales.
+    Whisper's last layers are shaped for transcription; prosody, a main carrier of emotion, is better
+    kept in lower ones, which the mix can draw on (``train.plot_layer_weights`` shows what it learned).
+    """
+
+    def __init__(self, n_layers: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_layers))  # uniform to start
+
+    def forward(self, hidden: list[Tensor]) -> Tensor:
+        w = torch.softmax(self.weight, dim=0)
+        return sum(w[i] * F.layer_norm(h, h.shape[-1:]) for i, h in enumerate(hidden))
 
 
 class AttentiveStatsPool(nn.Module):
@@ -241,7 +279,8 @@ class AttentiveStatsPool(nn.Module):
 
 
 class EmotionModel(nn.Module):
-    """Whisper encoder -> pooling -> projection, classification and (optional) VAD heads.
+    """Whisper encoder -> layer mix (or the last layer) -> pooling -> projection, classification and
+    (optional) VAD heads.
 
     The embedding is the pooled encoder output, ``n_audio_state`` wide for both poolings (attentive
     pooling's [mean; std] is projected back to that width).
@@ -254,6 +293,7 @@ class EmotionModel(nn.Module):
             raise ValueError(f"encoder dims {encoder.dims} differ from the config's {config.dims}")
         self.encoder = encoder if encoder is not None else Encoder(config.dims)
         d = config.dims.n_audio_state
+        self.mix = LayerMix(config.dims.n_audio_layer + 1) if config.layers == "weighted" else None
         self.pool = AttentiveStatsPool(d) if config.pooling == "attentive" else None
         self.dropout = nn.Dropout(config.dropout)
         self.projector = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, config.proj_dim))
@@ -262,21 +302,21 @@ class EmotionModel(nn.Module):
 
     @classmethod
     def from_whisper(cls, whisper: str, *, labels: list[str], n_frames: int = 300, pooling: str = "mean",
-                     proj_dim: int = 128, vad_head: bool = False, dropout: float = 0.1,
+                     layers: str = "weighted", proj_dim: int = 128, vad_head: bool = False, dropout: float = 0.1,
                      device: str | torch.device | None = None, download_root: str | None = None
                      ) -> EmotionModel:
         """A new model on a Whisper encoder (``load_encoder``'s ``whisper``: name, path or random:<name>)."""
         encoder = load_encoder(whisper, n_frames, device="cpu", download_root=download_root)
         config = ModelConfig(whisper=whisper, dims=encoder.dims, labels=labels, n_frames=n_frames,
-                             n_mels=encoder.dims.n_mels, pooling=pooling, proj_dim=proj_dim, vad_head=vad_head,
-                             dropout=dropout)
+                             n_mels=encoder.dims.n_mels, pooling=pooling, layers=layers, proj_dim=proj_dim,
+                             vad_head=vad_head, dropout=dropout)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(config, encoder).to(device)
 
     def forward(self, mel: Tensor) -> dict[str, Tensor | None]:
         """mel: [B, n_mels, n_frames] -> embedding [B, D], projection [B, proj_dim] (unit L2 norm),
         logits [B, n_labels], vad [B, 3] in 0-1 (valence, arousal, dominance) or None."""
-        h = self.encoder(mel)  # [B, n_frames // 2, D]
+        h = self.mix(self.encoder.hidden_states(mel)) if self.mix is not None else self.encoder(mel)  # [B, T, D]
         embedding = self.pool(h) if self.pool is not None else h.mean(1)
         projection = F.normalize(self.projector(embedding).float(), dim=-1)
         x = self.dropout(embedding)
@@ -301,7 +341,7 @@ def build_model(config: ModelConfig, device: str | torch.device | None = None,
                 download_root: str | None = None) -> EmotionModel:
     """A new model for ``config`` with the pretrained encoder of ``config.whisper`` (heads untrained)."""
     model = EmotionModel.from_whisper(config.whisper, labels=config.labels, n_frames=config.n_frames,
-                                      pooling=config.pooling, proj_dim=config.proj_dim,
+                                      pooling=config.pooling, layers=config.layers, proj_dim=config.proj_dim,
                                       vad_head=config.vad_head, dropout=config.dropout, device=device,
                                       download_root=download_root)
     if model.config != config:
@@ -312,7 +352,7 @@ def build_model(config: ModelConfig, device: str | torch.device | None = None,
 def set_trainable(model: EmotionModel, policy: str) -> int:
     """Freeze by ``policy`` and return the number of trainable parameters.
 
-    heads: the encoder is frozen, pooling and heads train; all: everything trains; top:N: the last
+    heads: the encoder is frozen, layer mix, pooling and heads train; all: everything trains; top:N: the last
     N encoder blocks, ``ln_post`` and the heads train (N in 0..n_audio_layer).
     Frozen parts get ``requires_grad=False`` and stay in eval mode (see ``EmotionModel.train``).
     """
@@ -362,7 +402,13 @@ def save_model(model: EmotionModel, path: str | Path, extra: dict | None = None)
     except pickle.UnpicklingError as e:
         raise TypeError(f"save_model extra={extra!r} holds objects weights_only loading refuses: {e}") from None
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    obj = {"format": FORMAT, "config": asdict(model.config), "state_dict": state, "extra": extra}
+    atomic_save({"format": FORMAT, "config": asdict(model.config), "state_dict": state, "extra": extra}, path)
+
+
+def atomic_save(obj: object, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: a reader (or a run killed midway)
+    never sees a half-written file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -16,10 +16,11 @@ import model as modellib
 LABELS = ["neutral", "happy", "sad", "angry"]
 
 
-def _net(pooling: str = "attentive", vad_head: bool = True, n_frames: int = 100) -> modellib.EmotionModel:
+def _net(pooling: str = "attentive", vad_head: bool = True, n_frames: int = 100,
+         layers: str = "weighted") -> modellib.EmotionModel:
     torch.manual_seed(0)
     return modellib.EmotionModel.from_whisper("random:tiny", labels=LABELS, n_frames=n_frames, pooling=pooling,
-                                              vad_head=vad_head, device="cpu")
+                                              layers=layers, vad_head=vad_head, device="cpu")
 
 
 def _clip_mel(seconds: float = 3.0, seed: int = 0) -> torch.Tensor:
@@ -98,8 +99,15 @@ def test_forward_outputs(pooling):
     assert y["vad"].shape == (3, 3) and ((y["vad"] > 0) & (y["vad"] < 1)).all()
     if pooling == "mean":
         with torch.no_grad():
-            frames = net.encoder(torch.zeros(1, 80, 100))
-            assert torch.allclose(net(torch.zeros(1, 80, 100))["embedding"], frames.mean(1))
+            hidden = net.encoder.hidden_states(torch.zeros(1, 80, 100))
+            assert len(hidden) == 5 and torch.equal(hidden[-1], net.encoder(torch.zeros(1, 80, 100)))
+            net.mix.weight.copy_(torch.tensor([0.0, 0.0, 50.0, 0.0, 0.0]))  # softmax ~ all on block 2
+            mixed = torch.nn.functional.layer_norm(hidden[2], (384,)).mean(1)
+            assert torch.allclose(net(torch.zeros(1, 80, 100))["embedding"], mixed, atol=1e-5)
+            last = _net(pooling="mean", layers="last").eval()
+            assert last.mix is None
+            assert torch.allclose(last(torch.zeros(1, 80, 100))["embedding"],
+                                  last.encoder(torch.zeros(1, 80, 100)).mean(1))
     assert _net(vad_head=False)(torch.randn(1, 80, 100))["vad"] is None
 
 
@@ -164,6 +172,8 @@ def test_config_rejects_inconsistent_fields():
         dataclasses.replace(cfg, n_frames=200)
     with pytest.raises(ValueError, match="unknown pooling 'max'"):
         dataclasses.replace(cfg, pooling="max")
+    with pytest.raises(ValueError, match="unknown layers 'first'"):
+        dataclasses.replace(cfg, layers="first")
 
 
 # ----------------------------------------------------------------------------- freezing
@@ -177,7 +187,7 @@ def _count(modules) -> int:
 def test_freeze_policies(policy):
     net = _net()
     enc = net.encoder
-    heads = [net.pool, net.projector, net.classifier, net.vad]
+    heads = [net.mix, net.pool, net.projector, net.classifier, net.vad]
     assert _count(heads) + _count(net.encoder_parts()) == sum(p.numel() for p in net.parameters())
     trainable = {
         "heads": [],
