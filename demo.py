@@ -1,0 +1,121 @@
+"""The main job (``make demo``): both notebooks headless on the synthetic corpus, then a summary.
+
+    python demo.py --out runs/demo [--whisper PATH_OR_NAME] [-p name value ...]
+    python demo.py --out runs/demo_seeds --seeds 0 1 2     # each seed into OUT/seedN, then mean and std
+
+Writes the executed notebooks, their figures and metrics under ``--out`` and prints (and saves as
+``summary.md``) every run's validation UA and test UA/WA/macro-F1, next to the logistic-regression
+baseline of the synthetic corpus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import papermill
+
+import prepare
+
+ROOT = Path(__file__).resolve().parent
+NOTEBOOKS = ("supervised", "contrastive")
+SYNTHETIC = "data/synthetic"
+BASELINE = "baseline: logistic regression on mean+std log-mel"
+
+
+def run(out: Path, data: str = SYNTHETIC, whisper: str = "tiny", overrides: dict | None = None,
+        seed: int = 0, progress: bool = True) -> str:
+    """Execute both notebooks into ``out`` (a progress bar over each one's cells) with training seed ``seed``;
+    returns the summary table (markdown), also written to ``out/summary.md``."""
+    summary = table({name: [r] for name, r in execute(out, data, whisper, overrides, seed, progress)})
+    (out / "summary.md").write_text(summary + "\n")
+    return summary
+
+
+def run_seeds(out: Path, seeds: list[int], data: str = SYNTHETIC, whisper: str = "tiny",
+              overrides: dict | None = None, progress: bool = True) -> str:
+    """``run`` once per training seed into ``out/seed{N}``; returns (and writes to ``out/summary.md``) the
+    table of each metric's mean and standard deviation over the seeds."""
+    runs: dict[str, list[dict]] = {}
+    for seed in seeds:
+        for name, result in execute(out / f"seed{seed}", data, whisper, overrides, seed, progress):
+            runs.setdefault(name, []).append(result)
+    summary = f"{len(seeds)} training seeds ({', '.join(map(str, seeds))}): mean ± standard deviation\n\n" + table(runs)
+    (out / "summary.md").write_text(summary + "\n")
+    return summary
+
+
+def execute(out: Path, data: str, whisper: str, overrides: dict | None, seed: int,
+            progress: bool) -> list[tuple[str, dict]]:
+    """Run both notebooks into ``out``; returns (name, results.json) of every run they finished, in order,
+    and the baseline's on the synthetic corpus."""
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    if data == SYNTHETIC and not (ROOT / data).exists():
+        prepare.make_synthetic().save_to_disk(str(ROOT / data))
+    for name in NOTEBOOKS:
+        params = {"data": data, "whisper": whisper, "seed": seed, "run_dir": str(out / name), **(overrides or {})}
+        print(f"running {name}.ipynb -> {out / name}.ipynb")
+        papermill.execute_notebook(ROOT / f"{name}.ipynb", out / f"{name}.ipynb", parameters=params,
+                                   cwd=str(ROOT), kernel_name="python3", progress_bar=progress)
+    finished = [p for p in out.glob("**/results.json") if p.stat().st_mtime >= started]
+    rows = [(run_name(json.loads((p.parent / "config.json").read_text())), json.loads(p.read_text()))
+            for p in sorted(finished, key=lambda p: p.stat().st_mtime)]
+    if data == SYNTHETIC:
+        from datasets import load_from_disk
+
+        rows.append((BASELINE, prepare.baseline(load_from_disk(str(ROOT / data)))))
+    return rows
+
+
+def run_name(cfg: dict) -> str:
+    """What a run (its config.json) is, in words."""
+    if cfg["objective"] == "supervised":
+        return "fine-tuning after contrastive pre-training" if cfg["init"] else "supervised fine-tuning"
+    if cfg["epochs"] == 0:
+        return "linear probe, no contrastive training"
+    return f"linear probe after {cfg['objective']}" + (" with VAD-aware negatives" if cfg["vad_negatives"] else "")
+
+
+def table(runs: dict[str, list[dict]]) -> str:
+    """Markdown: a row per run name, its validation UA and test UA/WA/macro-F1 (mean ± std over several)."""
+    def cell(results: list[dict], split: str, key: str) -> str:
+        values = np.array([r[split][key] for r in results])
+        return f"{values.mean():.3f}" + (f" ± {values.std(ddof=1):.3f}" if len(values) > 1 else "")
+
+    lines = ["| run | validation UA | test UA | test WA | test macro-F1 |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {cell(rs, 'validation', 'ua')} | "
+              + " | ".join(cell(rs, "test", key) for key in ("ua", "wa", "macro_f1")) + " |"
+              for name, rs in runs.items()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
+    parser.add_argument("--data", default=SYNTHETIC)
+    parser.add_argument("--whisper", default=os.environ.get("WHISPER_CHECKPOINT") or "tiny",
+                        help="Whisper name or checkpoint path (default: $WHISPER_CHECKPOINT, else tiny)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="training seeds; several run one after the other into OUT/seedN")
+    parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="a notebook parameter (value parsed as JSON when it can be)")
+    args = parser.parse_args()
+    overrides = {}
+    for name, value in args.p:
+        try:
+            overrides[name] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[name] = value
+    if len(args.seeds) == 1:
+        print(run(args.out, args.data, args.whisper, overrides, args.seeds[0]))
+    else:
+        print(run_seeds(args.out, args.seeds, args.data, args.whisper, overrides))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Both notebooks, executed end to end by demo.run (papermill) on a tiny configuration."""
+
+from __future__ import annotations
+
+import ast
+import json
+
+import nbformat
+import pytest
+
+import demo
+
+TINY = {"epochs": 1, "n_frames": 100, "batch_size": 16, "num_workers": 0, "freeze": "top:1", "finetune_epochs": 1}
+
+
+@pytest.mark.parametrize("name", demo.NOTEBOOKS)
+def test_notebooks_are_committed_thin_and_without_outputs(name):
+    nb = nbformat.read(demo.ROOT / f"{name}.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", []), "the first code cell must be the parameters cell"
+    assert all(not c.outputs and c.execution_count is None for c in code), "strip outputs (make strip)"
+    defined = [node.name for c in code for node in ast.walk(ast.parse(c.source))
+               if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    assert not defined, f"logic belongs in the modules, not the notebook: {defined}"
+
+
+def test_demo_executes_both_notebooks(synthetic_dir, tmp_path):
+    out = tmp_path / "demo"
+    summary = demo.run(out, data=str(synthetic_dir), whisper="random:tiny", overrides=TINY)
+
+    for name in demo.NOTEBOOKS:
+        nb = nbformat.read(out / f"{name}.ipynb", as_version=4)
+        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+        assert not errors
+    runs = {"supervised": out / "supervised", "before": out / "contrastive" / "before",
+            "supcon": out / "contrastive" / "supcon", "supcon_vad": out / "contrastive" / "supcon_vad"}
+    for run_dir in runs.values():
+        result = json.loads((run_dir / "results.json").read_text())
+        for split in ("validation", "test"):
+            assert 0.0 <= result[split]["ua"] <= 1.0 and 0.0 <= result[split]["macro_f1"] <= 1.0
+            assert result[split]["n"] > 0
+        assert (run_dir / "best.pt").exists()
+    assert json.loads((runs["supcon_vad"] / "config.json").read_text())["vad_negatives"] is True
+    assert json.loads((runs["supcon"] / "config.json").read_text())["vad_negatives"] is False
+    supervised = json.loads((runs["supervised"] / "results.json").read_text())
+    assert {"ccc_valence", "ccc_arousal", "ccc_dominance"} <= set(supervised["test"])  # the VAD head ran
+    assert len(supervised["history"]) == TINY["epochs"]
+    for figure in ("history.png", "confusion.png", "embeddings.png"):
+        assert (runs["supervised"] / figure).stat().st_size > 0
+    for figure in ("history.png", "confusion.png", "embeddings_before.png", "embeddings_supcon.png",
+                   "embeddings_supcon_vad.png"):
+        assert (out / "contrastive" / figure).stat().st_size > 0
+    rows = [line.split("|")[1].strip() for line in summary.splitlines()[2:]]
+    assert rows == ["supervised fine-tuning", "linear probe, no contrastive training", "linear probe after supcon",
+                    "linear probe after supcon with VAD-aware negatives", "fine-tuning after contrastive pre-training"]
+    finetune = json.loads((out / "contrastive" / "finetune" / "config.json").read_text())
+    assert finetune["objective"] == "supervised" and finetune["init"].endswith("/best.pt")
+    assert (out / "summary.md").read_text().strip() == summary
+
+
+def test_summary_table_gives_mean_and_std_over_seeds():
+    runs = {"supervised fine-tuning": [{"validation": {"ua": u}, "test": {"ua": u, "wa": 0.5, "macro_f1": 0.25}}
+                                       for u in (0.6, 0.7, 0.8)],
+            "one run": [{"validation": {"ua": 0.5}, "test": {"ua": 0.5, "wa": 0.5, "macro_f1": 0.5}}]}
+    lines = demo.table(runs).splitlines()
+    assert lines[2] == "| supervised fine-tuning | 0.700 ± 0.100 | 0.700 ± 0.100 | 0.500 ± 0.000 | 0.250 ± 0.000 |"
+    assert lines[3] == "| one run | 0.500 | 0.500 | 0.500 | 0.500 |"
