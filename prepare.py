@@ -560,8 +560,8 @@ def make_synthetic(*, n_speakers: int = 10, per_class: int = 12, seed: int = 0) 
 
     Baseline (``baseline``: logistic regression on the mean and std of Whisper's log-mel; chance 0.25),
     measured on the default corpus (10 speakers, 12 clips per class, seed 0; ``python prepare.py synthetic
-    data/synthetic``): validation UA 0.656, WA 0.656, macro-F1 0.638; test UA 0.719, WA 0.719, macro-F1 0.719
-    (96 clips each). Over generator seeds 0-5 the test UA ranges 0.51-0.72 (mean 0.61): with two test
+    data/synthetic``): validation UA 0.656, WA 0.656, macro-F1 0.638; test UA 0.708, WA 0.708, macro-F1 0.708
+    (96 clips each). Over generator seeds 0-5 the test UA ranges 0.51-0.71 (mean 0.61): with two test
     speakers, which speakers are drawn matters.
     """
     splits = synthetic_splits(n_speakers)
