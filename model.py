@@ -157,7 +157,7 @@ def _read_encoder_checkpoint(path: Path) -> tuple[ModelDimensions, dict[str, Ten
     try:
         # mmap: only the encoder's tensors are ever read from disk, never the decoder's.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
+    except Exception as e:  # a damaged file makes the unpickler raise nearly anything (IndexError too)
         raise ValueError(f"{path} is not a readable openai-whisper checkpoint: {type(e).__name__}: {e}") from None
     if not isinstance(checkpoint, dict) or not {"dims", "model_state_dict"} <= checkpoint.keys():
         keys = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
@@ -427,7 +427,7 @@ def read_checkpoint(path: str | Path) -> dict:
         raise FileNotFoundError(f"model file {path} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
+    except Exception as e:  # a damaged file makes the unpickler raise nearly anything (IndexError too)
         raise ValueError(f"{path} is not a readable {FORMAT} model file: {type(e).__name__}: {e}") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         hint = ""

@@ -281,6 +281,10 @@ def test_load_model_bad_files(tmp_path):
         modellib.load_model(garbage, device="cpu")
     with pytest.raises(ValueError, match=f"{truncated} is not a readable whisper-ser/1 model file"):
         modellib.load_model(truncated, device="cpu")
+    empty_pickle = tmp_path / "empty_pickle.pt"
+    empty_pickle.write_bytes(b"\x80\x02.")  # the unpickler pops an empty stack: IndexError, not a pickle error
+    with pytest.raises(ValueError, match=f"{empty_pickle} is not a readable whisper-ser/1 model file"):
+        modellib.load_model(empty_pickle, device="cpu")
     with pytest.raises(ValueError, match=f"{foreign} is not a whisper-ser/1 model file"):
         modellib.load_model(foreign, device="cpu")
 
