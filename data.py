@@ -263,6 +263,19 @@ def eval_features(audio: torch.Tensor, n_frames: int = 300, n_mels: int = 80) ->
     return log_mel(audio, n_mels)
 
 
+def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
+    """Start sample of every window of ``window`` samples over a clip of ``n_samples``.
+
+    Starts at 0, then every ``hop`` samples; the last window ends exactly at the clip's end.
+    A clip no longer than one window has the single start 0. Needs 0 < hop <= window (no gaps).
+    """
+    if not 0 < hop <= window:
+        raise ValueError(f"hop ({hop} samples) must be positive and at most the window ({window} samples)")
+    if n_samples <= window:
+        return [0]
+    return [*range(0, n_samples - window, hop), n_samples - window]
+
+
 # ----------------------------------------------------------------------------- augmentation
 
 
@@ -326,8 +339,11 @@ class _Draw:
 
 
 def _draw(rng: np.random.Generator, aug: Augment, frames: np.ndarray, rates: np.ndarray, views: int,
-          n_frames: int, n_mels: int, bank: int) -> _Draw:
-    """Every random parameter of a batch of clips with ``frames`` samples at ``rates`` Hz ([B] each)."""
+          n_frames: int, n_mels: int, bank: int, windows: np.ndarray | None = None) -> _Draw:
+    """Every random parameter of a batch of clips with ``frames`` samples at ``rates`` Hz ([B] each).
+
+    windows: [B] start of each clip's crop in 16 kHz samples (evaluation windows) instead of the random
+    (``aug.crop``) or centre crop."""
     shape = (len(frames), views)
     n = n_frames * HOP_LENGTH
     frames, rates = frames[:, None], rates[:, None]
@@ -341,7 +357,9 @@ def _draw(rng: np.random.Generator, aug: Augment, frames: np.ndarray, rates: np.
     length = np.ceil(n * ratio).astype(np.int64)
     margin = np.ceil(_MARGIN * ratio).astype(np.int64)
     room = np.maximum(frames - length, 0)
-    if aug.crop:
+    if windows is not None:
+        start = np.broadcast_to(np.round(windows[:, None] * rates / SAMPLE_RATE).astype(np.int64), shape)
+    elif aug.crop:
         start = (rng.random(shape) * (room + 1)).astype(np.int64)
     else:
         start = np.broadcast_to(room // 2, shape)
@@ -389,19 +407,24 @@ class Loader:
     ``emotion`` int64 [B], ``vad`` float32 [B, 3] (NaN where unknown), ``index`` int64 [B] (rows of ``ds``).
     Training visits this shard's part of a permutation drawn from (seed, epoch); evaluation visits the rows
     in order. Every row of the shard comes exactly once per epoch, the last batch may be smaller.
+    With ``windows`` (evaluation only) a row comes once per window instead of as one centre crop: windows
+    of ``n_frames`` every ``n_frames // 2`` frames over its ``duration``, the last ending at the clip's end
+    (``window_starts``, as ``predict.py`` scores files), consecutively and with the row in ``index``.
     An epoch that runs to its end advances ``epoch``; ``set_epoch`` sets it.
     """
 
     def __init__(self, ds: datasets.Dataset, *, batch_size: int, train: bool, views: int, n_frames: int,
                  n_mels: int, augment: Augment | None, device: str | torch.device | None, seed: int,
-                 shard_id: int, num_shards: int, num_workers: int):
-        check_schema(ds, "dataset", ("id", "audio", "emotion", *VAD))
+                 shard_id: int, num_shards: int, num_workers: int, windows: bool = False):
+        check_schema(ds, "dataset", ("id", "audio", "emotion", *VAD, *(("duration",) if windows else ())))
         if batch_size < 1 or views < 1 or n_frames < 1:
             raise ValueError(f"batch_size, views, n_frames must be >= 1: {batch_size}, {views}, {n_frames}")
         if not 0 <= shard_id < num_shards:
             raise ValueError(f"shard_id {shard_id} is not in [0, num_shards={num_shards})")
         if n_mels not in (80, 128):
             raise ValueError(f"n_mels must be 80 or 128 (Whisper's), got {n_mels}")
+        if windows and train:
+            raise ValueError("windows are for evaluation (train=False); training takes one crop per row")
         self.ds = ds
         self.batch_size, self.train, self.views = batch_size, train, views
         self.n_frames, self.n_mels = n_frames, n_mels
@@ -410,10 +433,18 @@ class Loader:
         self.seed, self.shard_id, self.num_shards = seed, shard_id, num_shards
         self.num_workers = num_workers
         self.epoch = 0
-        meta = ds.select_columns(["id", "emotion", *VAD]).with_format("numpy")[:]
+        meta = ds.select_columns(["id", "emotion", *VAD, *(("duration",) if windows else ())]).with_format("numpy")[:]
         self.ids = [str(i) for i in meta["id"]]
         self.emotion = np.asarray(meta["emotion"], dtype=np.int64)
         self.vad = np.stack([np.asarray(meta[c], dtype=np.float32) for c in VAD], axis=1)
+        # The items an epoch visits: the row of each, and with windows its window's start (16 kHz samples).
+        self.rows, self.windows = np.arange(len(ds)), None
+        if windows:
+            n = n_frames * HOP_LENGTH
+            lengths = np.round(np.asarray(meta["duration"], dtype=np.float64) * SAMPLE_RATE).astype(np.int64)
+            starts = [window_starts(int(m), n, n // 2) for m in lengths]
+            self.rows = np.repeat(self.rows, [len(w) for w in starts])
+            self.windows = np.concatenate(starts).astype(np.int64)
         self.bank_size = max(2**18, 2 * n_frames * HOP_LENGTH)
         mel_filters(n_mels)  # loaded once here rather than in every worker
 
@@ -421,20 +452,24 @@ class Loader:
         self.epoch = epoch
 
     def indices(self) -> np.ndarray:
-        """This shard's rows in this epoch's order."""
-        order = np.arange(len(self.ds))
+        """This shard's items (rows, or windows of rows) in this epoch's order."""
+        order = np.arange(len(self.rows))
         if self.train:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.ds))
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.rows))
         return np.array_split(order, self.num_shards)[self.shard_id]
 
     def batches(self) -> list[np.ndarray]:
-        """This epoch's batches of row indices."""
+        """This epoch's batches of item indices (``self.rows[items]`` are their rows)."""
         order = self.indices()
         return [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     def __len__(self) -> int:
-        return math.ceil(len(np.array_split(np.arange(len(self.ds)), self.num_shards)[self.shard_id])
+        return math.ceil(len(np.array_split(np.arange(len(self.rows)), self.num_shards)[self.shard_id])
                          / self.batch_size)
+
+    def _crops(self, items: np.ndarray) -> np.ndarray | None:
+        """The evaluation windows' 16 kHz starts of ``items``, or None (one crop per row)."""
+        return None if self.windows is None else self.windows[items]
 
     def _rng(self, batch: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, self.shard_id, batch])
@@ -457,7 +492,8 @@ class Loader:
     def _where(self, row: int) -> str:
         return f"row {int(row)} (id {self.ids[row]!r})"
 
-    def _meta(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    def _meta(self, items: np.ndarray) -> dict[str, torch.Tensor]:
+        rows = self.rows[items]
         out = {"emotion": torch.from_numpy(self.emotion[rows]), "vad": torch.from_numpy(self.vad[rows]),
                "index": torch.from_numpy(rows.astype(np.int64))}
         return {k: v.to(self.device, non_blocking=True) for k, v in out.items()}
@@ -470,8 +506,8 @@ class TorchLoader(Loader):
         batches = _TorchBatches(self, self.batches())
         loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False,
                                              num_workers=self.num_workers)
-        for rows, mel in loader:
-            yield {"mel": mel.to(self.device, non_blocking=True), **self._meta(rows.numpy())}
+        for items, mel in loader:
+            yield {"mel": mel.to(self.device, non_blocking=True), **self._meta(items.numpy())}
         self.epoch += 1
 
 
@@ -483,12 +519,14 @@ class _TorchBatches(torch.utils.data.Dataset):
         return len(self.batches)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows [B], mel) of batch ``i``."""
-        lo, rows = self.loader, self.batches[i]
+        """(items [B], mel) of batch ``i``."""
+        lo, items = self.loader, self.batches[i]
+        rows = lo.rows[items]
         decoded = [_decode(data, lo._where(row)) for row, data in zip(rows, lo._encoded(rows), strict=True)]
         frames = np.array([len(a) for a, _ in decoded])
         rates = np.array([r for _, r in decoded])
-        d = _draw(lo._rng(i), lo.augment, frames, rates, lo.views, lo.n_frames, lo.n_mels, lo.bank_size)
+        d = _draw(lo._rng(i), lo.augment, frames, rates, lo.views, lo.n_frames, lo.n_mels, lo.bank_size,
+                  lo._crops(items))
         n = lo.n_frames * HOP_LENGTH
         bank = _bank(lo.seed, lo.bank_size) if lo.augment.p_noise > 0 else None
         wave = np.zeros((len(rows), lo.views, n), np.float32)
@@ -512,7 +550,7 @@ class _TorchBatches(torch.utils.data.Dataset):
         mel = log_mel(torch.from_numpy(wave), lo.n_mels)
         if lo.augment.masks:
             mel = mel * torch.from_numpy(d.freq_mask[..., :, None] * d.time_mask[..., None, :])
-        return torch.from_numpy(rows), mel[:, 0] if lo.views == 1 else mel
+        return torch.from_numpy(items), mel[:, 0] if lo.views == 1 else mel
 
 
 @lru_cache(maxsize=4)
@@ -577,13 +615,14 @@ class DaliLoader(Loader):
         its crop (start, length), low-pass taps, and the active augmentations' parameters."""
         if not self._todo:
             raise StopIteration
-        i, rows = self._todo.popleft()
-        self._fed.append(rows)
+        i, items = self._todo.popleft()
+        self._fed.append(items)
+        rows = self.rows[items]
         encoded = self._encoded(rows)
         head = np.array([_header(data, self._where(row)) for row, data in zip(rows, encoded, strict=True)])
         aug, n = self.augment, self.n_frames * HOP_LENGTH
         d = _draw(self._rng(i), aug, head[:, 0], head[:, 1], self.views, self.n_frames, self.n_mels,
-                  self.bank_size)
+                  self.bank_size, self._crops(items))
         bank = _bank(self.seed, self.bank_size) if aug.p_noise > 0 else None
         out = [[np.frombuffer(data, np.uint8) for data in encoded]]
         for v in range(self.views):
@@ -673,7 +712,7 @@ class DaliLoader(Loader):
 
     def _explain(self, error: RuntimeError) -> Exception:
         """DALI's error -> AudioError naming the rows in flight that soundfile cannot decode either."""
-        rows = [row for batch in self._fed for row in batch]
+        rows = list(dict.fromkeys(int(row) for items in self._fed for row in self.rows[items]))
         bad = []
         for row, data in zip(rows, self._encoded(np.array(rows, dtype=np.int64)), strict=True):
             try:
@@ -689,14 +728,15 @@ class DaliLoader(Loader):
 def make_loader(ds: datasets.Dataset, *, batch_size: int, train: bool, views: int = 1, n_frames: int = 300,
                 n_mels: int = 80, augment: Augment | None = None, backend: str = "auto",
                 device: str | torch.device | None = None, seed: int = 0, shard_id: int = 0,
-                num_shards: int = 1, num_workers: int | None = None) -> Loader:
+                num_shards: int = 1, num_workers: int | None = None, windows: bool = False) -> Loader:
     """Batches of ``ds`` (see ``Loader``). backend: "dali" (= "auto") or "torch". ``augment`` applies only
-    when ``train``; ``num_workers`` (default min(4, CPUs)) : DALI threads or DataLoader processes."""
+    when ``train``; ``num_workers`` (default min(4, CPUs)) : DALI threads or DataLoader processes;
+    ``windows``: evaluate every row on windows covering its whole length (see ``Loader``)."""
     if num_workers is None:
         num_workers = min(4, len(os.sched_getaffinity(0)))
     kw = dict(batch_size=batch_size, train=train, views=views, n_frames=n_frames, n_mels=n_mels,
               augment=augment, device=device, seed=seed, shard_id=shard_id, num_shards=num_shards,
-              num_workers=num_workers)
+              num_workers=num_workers, windows=windows)
     if backend in ("auto", "dali"):
         return DaliLoader(ds, **kw)
     if backend == "torch":

@@ -74,19 +74,6 @@ class Prediction:
         return out
 
 
-def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
-    """Start sample of every window of ``window`` samples over a clip of ``n_samples``.
-
-    Starts at 0, then every ``hop`` samples; the last window ends exactly at the clip's end.
-    A clip no longer than one window has the single start 0. Needs 0 < hop <= window (no gaps).
-    """
-    if not 0 < hop <= window:
-        raise ValueError(f"hop ({hop} samples) must be positive and at most the window ({window} samples)")
-    if n_samples <= window:
-        return [0]
-    return [*range(0, n_samples - window, hop), n_samples - window]
-
-
 def read_audio(audio: str | Path | np.ndarray, sample_rate: int | None = None) -> np.ndarray:
     """A file, or an array ([T] or [T, channels]) at ``sample_rate`` Hz -> float32 mono [T'] at 16 kHz.
 
@@ -135,7 +122,7 @@ class Predictor:
         self.n_frames: int = net.config.n_frames
         self.window = self.n_frames * data.HOP_LENGTH  # samples
         hop_samples = self.window // 2 if hop is None else round(hop * data.SAMPLE_RATE)
-        window_starts(self.window, self.window, hop_samples)  # validates hop
+        data.window_starts(self.window, self.window, hop_samples)  # validates hop
         self.hop = hop_samples
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -188,7 +175,7 @@ class Predictor:
 
     def _prepare(self, job: _Job) -> _Job:
         if job.error is None:
-            job.starts = window_starts(len(job.audio), self.window, self.hop)
+            job.starts = data.window_starts(len(job.audio), self.window, self.hop)
         return job
 
     @torch.no_grad()

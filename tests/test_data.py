@@ -190,6 +190,30 @@ def test_every_row_once_per_epoch_last_batch_kept(backend, small):
     assert rows(tr) == first
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_evaluation_windows_cover_each_clip(backend):
+    """windows=True: 1 s windows every 0.5 s, the last ending at the clip's end; each is Whisper's log-mel of
+    that stretch of the clip; a row's windows come together, under its index; shards split the windows."""
+    seconds = [0.6, 1.0, 2.35]
+    clips = [sf.read(io.BytesIO(encode(sound(t, pitch=130 + 40 * i))), dtype="float32")[0]
+             for i, t in enumerate(seconds)]
+    ds = corpus([encode(x) for x in clips], ["sad"] * 3, FOUR_CLASS)
+    ds = ds.map(lambda row, i: {"duration": seconds[i]}, with_indices=True)
+    ld = loader(ds, backend, batch_size=4, windows=True)
+    batches = list(ld)
+    assert len(ld) == len(batches) == 2 and rows(batches) == [[0, 1, 2, 2], [2, 2]]
+    n = N_FRAMES * data.HOP_LENGTH
+    assert data.window_starts(len(clips[2]), n, n // 2) == [0, 8000, 16000, 21600]
+    ref = [whisper_eval(x, N_FRAMES, 80) for x in clips[:2]]
+    ref += [whisper_eval(clips[2][start: start + n], N_FRAMES, 80) for start in (0, 8000, 16000, 21600)]
+    mel = torch.cat([b["mel"] for b in batches])
+    assert (mel - torch.stack(ref)).abs().max() <= 1e-4
+    shards = [rows(loader(ds, backend, batch_size=4, windows=True, shard_id=k, num_shards=2)) for k in range(2)]
+    assert sorted(sum(sum(shards, []), [])) == [0, 1, 2, 2, 2, 2]
+    with pytest.raises(ValueError, match="windows are for evaluation"):
+        loader(ds, backend, windows=True, train=True)
+
+
 def test_shards_are_disjoint_and_complete():
     ds = corpus([encode(sound(0.3))] * 11, ["sad"] * 11, FOUR_CLASS)
     for train in (False, True):
