@@ -54,6 +54,7 @@ class Config:
     vad_negatives: bool = False  # contrastive: VAD-aware negatives (losses.VadNegatives)
     vad_threshold: float = 0.1  # VAD distance under which a pair is not a negative
     vad_beta: float = 1.0  # hardness concentration of the negative reweighting
+    vad_alpha: float = 1.0  # power of the VAD distance in the negative weights
     temperature: float = 0.1
     freeze: str = "top:2"  # model.set_trainable policy: heads | all | top:N
     four_class: bool = False  # neutral/happy(+excited)/sad/angry only
@@ -63,6 +64,7 @@ class Config:
     ce_weight: float = 1.0  # supervised: cross-entropy weight
     vad_weight: float = 0.0  # supervised: VAD regression weight (> 0 adds the VAD head)
     augment: bool = True
+    windows: bool = True  # evaluate whole utterances: mean over windows covering each (False: its centre crop)
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-4  # heads; peak of the warm-up + cosine schedule
@@ -153,31 +155,41 @@ def gather(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 @torch.no_grad()
 def predict_split(net: modellib.EmotionModel, loader, device: torch.device, amp) -> dict[str, np.ndarray]:
-    """Run ``net`` over an evaluation loader; arrays over every row of the split, gathered over
-    ranks and sorted by row index: ``index``, ``emotion``, ``vad`` [N, 3], ``logits``,
-    ``vad_pred`` (NaN without a VAD head) and ``embedding``."""
+    """Run ``net`` over an evaluation loader, gathered over ranks. Arrays over the N rows of the split,
+    sorted by row: ``index``, ``emotion``, ``vad`` [N, 3], ``probs`` [N, n_labels], ``vad_pred`` [N, 3] (NaN
+    without a VAD head), ``embedding`` [N, D], ``windows`` [N]; a row scored on several windows
+    (``make_loader(windows=True)``) gets the mean over them, as ``predict.py`` scores a file. And over the
+    W windows: ``window_embedding`` [W, D] and ``window_row`` [W] (each one's position in the N rows)."""
     was_training = net.training
     net.eval()
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ("index", "emotion", "vad", "logits", "vad_pred", "embedding")}
+    keys = ("index", "emotion", "vad", "probs", "vad_pred", "embedding")
+    out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for batch in loader:
         with amp:
             y = net(batch["mel"].to(device))
-        out["index"].append(batch["index"].numpy(force=True))
-        out["emotion"].append(batch["emotion"].numpy(force=True))
-        out["vad"].append(batch["vad"].numpy(force=True))
-        out["logits"].append(y["logits"].float().numpy(force=True))
         vad_pred = y["vad"] if y["vad"] is not None else torch.full_like(batch["vad"], math.nan)
-        out["vad_pred"].append(vad_pred.float().numpy(force=True))
-        out["embedding"].append(y["embedding"].float().numpy(force=True))
+        values = (batch["index"], batch["emotion"], batch["vad"], y["logits"].float().softmax(-1), vad_pred.float(),
+                  y["embedding"].float())
+        for k, v in zip(keys, values, strict=True):
+            out[k].append(v.numpy(force=True))
     net.train(was_training)
     arrays = gather({k: np.concatenate(v) for k, v in out.items()})
-    order = np.argsort(arrays["index"], kind="stable")
-    return {k: v[order] for k, v in arrays.items()}
+    rows, first, inverse = np.unique(arrays["index"], return_index=True, return_inverse=True)
+    return {"index": rows, "emotion": arrays["emotion"][first], "vad": arrays["vad"][first],
+            **{k: row_mean(arrays[k], inverse) for k in ("probs", "vad_pred", "embedding")},
+            "windows": np.bincount(inverse), "window_embedding": arrays["embedding"], "window_row": inverse}
+
+
+def row_mean(x: np.ndarray, row: np.ndarray) -> np.ndarray:
+    """Mean of the windows ``x`` [W, ...] of each row; ``row`` [W] numbers the rows 0..N-1 -> [N, ...]."""
+    total = np.zeros((row.max() + 1, *x.shape[1:]), dtype=np.float64)
+    np.add.at(total, row, x)
+    return (total / np.bincount(row).reshape(-1, *[1] * (x.ndim - 1))).astype(x.dtype)
 
 
 def head_metrics(pred: dict[str, np.ndarray], n_classes: int) -> dict:
     """Metrics of the model's own classification (and VAD) heads."""
-    metrics = classification_metrics(pred["emotion"], pred["logits"].argmax(1), n_classes)
+    metrics = classification_metrics(pred["emotion"], pred["probs"].argmax(1), n_classes)
     if np.isfinite(pred["vad_pred"]).all():
         metrics.update(vad_metrics(pred["vad"], pred["vad_pred"]))
     return metrics
@@ -200,20 +212,23 @@ def evaluate(net: modellib.EmotionModel, loaders: dict, names: tuple[str, ...], 
 
 def linear_probe(train: dict[str, np.ndarray], evals: dict[str, dict[str, np.ndarray]], n_classes: int,
                  seed: int = 0) -> tuple[dict[str, dict], Pipeline]:
-    """Logistic regression (and ridge regression for VAD) on frozen embeddings of ``train``, scored
-    on each split of ``evals`` (name -> arrays of ``predict_split``); returns (metrics, classifier)."""
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
-    clf.fit(train["embedding"], train["emotion"])
-    has_vad = np.isfinite(train["vad"]).all(axis=1)
+    """Logistic regression (and ridge regression for VAD) on frozen window embeddings of ``train``, scored
+    on each split of ``evals`` (name -> arrays of ``predict_split``) by the mean of its windows'
+    probabilities (and VAD), as ``fold_probe`` + ``predict.py`` score a row; returns (metrics, classifier)."""
+    x, label, vad = train["window_embedding"], train["emotion"][train["window_row"]], train["vad"][train["window_row"]]
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed)).fit(x, label)
+    has_vad = np.isfinite(vad).all(axis=1)
     reg = None
     if has_vad.sum() >= 2:
-        reg = make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(
-            train["embedding"][has_vad], train["vad"][has_vad])
+        reg = make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(x[has_vad], vad[has_vad])
+    classes = clf[-1].classes_
     results = {}
     for name, split in evals.items():
-        metrics = classification_metrics(split["emotion"], clf.predict(split["embedding"]), n_classes)
+        probs = row_mean(clf.predict_proba(split["window_embedding"]), split["window_row"])
+        metrics = classification_metrics(split["emotion"], classes[probs.argmax(1)], n_classes)
         if reg is not None:
-            metrics.update(vad_metrics(split["vad"], reg.predict(split["embedding"])))
+            metrics.update(vad_metrics(split["vad"], row_mean(reg.predict(split["window_embedding"]),
+                                                              split["window_row"])))
         results[name] = metrics
     return results, clf
 
@@ -300,7 +315,7 @@ def fit(cfg: Config) -> dict:
                      shard_id=rank, num_shards=world, num_workers=cfg.num_workers)
     train_loader = data.make_loader(splits["train"], batch_size=cfg.batch_size, train=True, views=views,
                                     augment=data.Augment() if cfg.augment else None, seed=cfg.seed, **loader_kw)
-    eval_loaders = {s: data.make_loader(ds, batch_size=cfg.batch_size, train=False, **loader_kw)
+    eval_loaders = {s: data.make_loader(ds, batch_size=cfg.batch_size, train=False, windows=cfg.windows, **loader_kw)
                     for s, ds in splits.items()}
 
     # model
@@ -340,7 +355,7 @@ def fit(cfg: Config) -> dict:
         modellib.save_model(net, best_path, extra={"epoch": epoch, "seed": cfg.seed, "objective": cfg.objective,
                                                    "val": val})
 
-    vad_neg = losses.VadNegatives(cfg.vad_threshold, cfg.vad_beta) if cfg.vad_negatives else None
+    vad_neg = losses.VadNegatives(cfg.vad_threshold, cfg.vad_beta, cfg.vad_alpha) if cfg.vad_negatives else None
 
     start_epoch, step, best_ua, history, skipped = 0, 0, -1.0, [], 0
     if cfg.resume and last_path.exists():
@@ -477,11 +492,11 @@ def _broadcast(value: float) -> float:
 
 
 def embed(cfg: Config, split: str, checkpoint: str = "best.pt") -> dict[str, np.ndarray]:
-    """``predict_split`` arrays (embeddings, logits, labels, VAD) of ``split`` for a finished run."""
+    """``predict_split`` arrays (embeddings, probabilities, labels, VAD) of ``split`` for a finished run."""
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net = modellib.load_model(Path(cfg.run_dir) / checkpoint, device=device)
     ds = data.load_corpus(cfg.data, split, four_class=cfg.four_class)
-    loader = data.make_loader(ds, batch_size=cfg.batch_size, train=False, n_frames=cfg.n_frames,
+    loader = data.make_loader(ds, batch_size=cfg.batch_size, train=False, windows=cfg.windows, n_frames=cfg.n_frames,
                               backend=cfg.backend, device=device, num_workers=cfg.num_workers)
     return predict_split(net, loader, device, nullcontext())
 

@@ -14,6 +14,7 @@ import torch
 
 import data
 import model as modellib
+import predict
 import train
 
 ROOT = train.Path(__file__).resolve().parents[1]
@@ -107,7 +108,7 @@ def test_two_process_gloo_evaluation_equals_single_process(synthetic_dir, tmp_pa
 
     net = modellib.load_model(run_dir / "best.pt", device="cpu")
     loaders = {s: data.make_loader(data.load_corpus(str(synthetic_dir), s), batch_size=16, train=False,
-                                   n_frames=100, num_workers=0) for s in ("validation", "test")}
+                                   n_frames=100, num_workers=0, windows=True) for s in ("validation", "test")}
     single, _ = train.evaluate(net, loaders, ("validation", "test"), contrastive=False, device=torch.device("cpu"))
     for split in ("validation", "test"):
         assert gathered[split]["n"] == len(data.load_corpus(str(synthetic_dir), split))
@@ -147,8 +148,26 @@ def test_contrastive_checkpoint_classifies_as_its_linear_probe(synthetic_dir, tm
     result = train.fit(cfg)
     net = modellib.load_model(tmp_path / "probe" / "best.pt", device="cpu")
     loader = data.make_loader(data.load_corpus(str(synthetic_dir), "test"), batch_size=16, train=False,
-                              n_frames=100, num_workers=0)
+                              n_frames=100, num_workers=0, windows=True)
     heads, probe = train.evaluate(net, {"test": loader}, ("test",), contrastive=False, device=torch.device("cpu"))
     assert probe is None
     assert heads["test"]["confusion"] == result["test"]["confusion"]
     assert result["history"] == [] and (tmp_path / "probe" / "metrics.jsonl").exists()
+
+
+def test_window_evaluation_scores_each_clip_as_predict_does(synthetic_dir):
+    """Validation/test metrics describe the predictor that predict.py applies: the mean over the same windows."""
+    ds = data.load_corpus(str(synthetic_dir), "test")
+    torch.manual_seed(0)
+    net = modellib.EmotionModel.from_whisper("random:tiny", labels=ds.features["emotion"].names, n_frames=100,
+                                             vad_head=True, device="cpu").eval()
+    loader = data.make_loader(ds, batch_size=16, train=False, n_frames=100, num_workers=0, windows=True)
+    pred = train.predict_split(net, loader, torch.device("cpu"), train.nullcontext())
+    assert pred["index"].tolist() == list(range(len(ds))) and (pred["windows"] > 1).all()  # clips of 2-5 s, 1 s windows
+    predictor = predict.Predictor(net, device="cpu")
+    for row in (0, len(ds) // 2, len(ds) - 1):
+        p = predictor.predict(data.decode_audio(ds[row]["audio"]["bytes"]), sample_rate=16000)
+        assert pred["windows"][row] == len(p.windows)
+        np.testing.assert_allclose(pred["probs"][row], [p.probabilities[n] for n in net.config.labels], atol=1e-4)
+        np.testing.assert_allclose(pred["vad_pred"][row], [p.vad[n] for n in train.VAD_NAMES], atol=1e-4)
+        np.testing.assert_allclose(pred["embedding"][row], p.embedding, atol=1e-4)
