@@ -416,7 +416,8 @@ class Loader:
     def __init__(self, ds: datasets.Dataset, *, batch_size: int, train: bool, views: int, n_frames: int,
                  n_mels: int, augment: Augment | None, device: str | torch.device | None, seed: int,
                  shard_id: int, num_shards: int, num_workers: int, windows: bool = False):
-        check_schema(ds, "dataset", ("id", "audio", "emotion", *VAD, *(("duration",) if windows else ())))
+        columns = ["id", "audio", "emotion", *VAD, *(["duration"] if windows else [])]
+        check_schema(ds, "dataset", columns)
         if batch_size < 1 or views < 1 or n_frames < 1:
             raise ValueError(f"batch_size, views, n_frames must be >= 1: {batch_size}, {views}, {n_frames}")
         if not 0 <= shard_id < num_shards:
@@ -433,7 +434,7 @@ class Loader:
         self.seed, self.shard_id, self.num_shards = seed, shard_id, num_shards
         self.num_workers = num_workers
         self.epoch = 0
-        meta = ds.select_columns(["id", "emotion", *VAD, *(("duration",) if windows else ())]).with_format("numpy")[:]
+        meta = ds.select_columns([c for c in columns if c != "audio"]).with_format("numpy")[:]
         self.ids = [str(i) for i in meta["id"]]
         self.emotion = np.asarray(meta["emotion"], dtype=np.int64)
         self.vad = np.stack([np.asarray(meta[c], dtype=np.float32) for c in VAD], axis=1)

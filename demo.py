@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,31 +29,29 @@ BASELINE = "baseline: logistic regression on mean+std log-mel"
 
 
 def run(out: Path, data: str = SYNTHETIC, whisper: str = "tiny", overrides: dict | None = None,
-        seed: int = 0, progress: bool = True) -> str:
-    """Execute both notebooks into ``out`` (a progress bar over each one's cells) with training seed ``seed``;
-    returns the summary table (markdown), also written to ``out/summary.md``."""
-    summary = table({name: [r] for name, r in execute(out, data, whisper, overrides, seed, progress)})
-    (out / "summary.md").write_text(summary + "\n")
-    return summary
-
-
-def run_seeds(out: Path, seeds: list[int], data: str = SYNTHETIC, whisper: str = "tiny",
-              overrides: dict | None = None, progress: bool = True) -> str:
-    """``run`` once per training seed into ``out/seed{N}``; returns (and writes to ``out/summary.md``) the
-    table of each metric's mean and standard deviation over the seeds."""
+        seeds: Sequence[int] = (0,), progress: bool = True) -> str:
+    """Execute both notebooks (a progress bar over each one's cells) once per training seed: into ``out``
+    for a single seed, into ``out/seed{N}`` for several. Returns the summary table (markdown; each metric's
+    mean and standard deviation over several seeds), also written to ``out/summary.md``."""
     runs: dict[str, list[dict]] = {}
     for seed in seeds:
-        for name, result in execute(out / f"seed{seed}", data, whisper, overrides, seed, progress):
+        for name, result in execute(out if len(seeds) == 1 else out / f"seed{seed}", data, whisper, overrides,
+                                    seed, progress):
             runs.setdefault(name, []).append(result)
-    summary = f"{len(seeds)} training seeds ({', '.join(map(str, seeds))}): mean ± standard deviation\n\n" + table(runs)
+    if data == SYNTHETIC:  # deterministic: computed once, listed once per seed
+        from datasets import load_from_disk
+
+        runs[BASELINE] = [prepare.baseline(load_from_disk(str(ROOT / data)))] * len(seeds)
+    summary = table(runs)
+    if len(seeds) > 1:
+        summary = f"{len(seeds)} training seeds ({', '.join(map(str, seeds))}): mean ± standard deviation\n\n" + summary
     (out / "summary.md").write_text(summary + "\n")
     return summary
 
 
 def execute(out: Path, data: str, whisper: str, overrides: dict | None, seed: int,
             progress: bool) -> list[tuple[str, dict]]:
-    """Run both notebooks into ``out``; returns (name, results.json) of every run they finished, in order,
-    and the baseline's on the synthetic corpus."""
+    """Run both notebooks into ``out``; returns (name, results.json) of every run they finished, in order."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     if data == SYNTHETIC and not (ROOT / data).exists():
@@ -63,13 +62,8 @@ def execute(out: Path, data: str, whisper: str, overrides: dict | None, seed: in
         papermill.execute_notebook(ROOT / f"{name}.ipynb", out / f"{name}.ipynb", parameters=params,
                                    cwd=str(ROOT), kernel_name="python3", progress_bar=progress)
     finished = [p for p in out.glob("**/results.json") if p.stat().st_mtime >= started]
-    rows = [(run_name(json.loads((p.parent / "config.json").read_text())), json.loads(p.read_text()))
+    return [(run_name(json.loads((p.parent / "config.json").read_text())), json.loads(p.read_text()))
             for p in sorted(finished, key=lambda p: p.stat().st_mtime)]
-    if data == SYNTHETIC:
-        from datasets import load_from_disk
-
-        rows.append((BASELINE, prepare.baseline(load_from_disk(str(ROOT / data)))))
-    return rows
 
 
 def run_name(cfg: dict) -> str:
@@ -111,10 +105,7 @@ def main() -> None:
             overrides[name] = json.loads(value)
         except json.JSONDecodeError:
             overrides[name] = value
-    if len(args.seeds) == 1:
-        print(run(args.out, args.data, args.whisper, overrides, args.seeds[0]))
-    else:
-        print(run_seeds(args.out, args.seeds, args.data, args.whisper, overrides))
+    print(run(args.out, args.data, args.whisper, overrides, args.seeds))
 
 
 if __name__ == "__main__":

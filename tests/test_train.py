@@ -18,6 +18,7 @@ import predict
 import train
 
 ROOT = train.Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # output line by line; 2 cores shared
 
 
 def tiny_args(synthetic_dir, run_dir, **over) -> list[str]:
@@ -29,8 +30,7 @@ def tiny_args(synthetic_dir, run_dir, **over) -> list[str]:
 
 
 def run_train(args: list[str], **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, check=False, **kw)
 
 
@@ -73,8 +73,7 @@ def test_kill_and_resume_gives_the_same_result(synthetic_dir, tmp_path):
     expected = json.loads((tmp_path / "full" / "results.json").read_text())
 
     args = tiny_args(synthetic_dir, tmp_path / "killed", epochs="3", **{"log-every": "1"})
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     killed_at = None
     for line in proc.stdout:  # blocks on the run's own output: no sleeps
@@ -99,10 +98,9 @@ def test_kill_and_resume_gives_the_same_result(synthetic_dir, tmp_path):
 def test_two_process_gloo_evaluation_equals_single_process(synthetic_dir, tmp_path):
     """torchrun with 2 CPU processes: each reads its shard, the gathered metrics count every row once."""
     run_dir = tmp_path / "ddp"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
            str(ROOT / "train.py"), *tiny_args(synthetic_dir, run_dir, epochs="1")]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     gathered = json.loads((run_dir / "results.json").read_text())
 
