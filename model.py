@@ -278,9 +278,26 @@ class AttentiveStatsPool(nn.Module):
         return self.out(torch.cat([mu, sigma], dim=-1))
 
 
+class Standardize(nn.BatchNorm1d):
+    """Per-feature standardisation of the pooled embedding before the heads, [B, D] -> [B, D]: batch norm
+    without affine weights, as in MAE's linear probing (He et al., 2022), the trained counterpart of a
+    probe's StandardScaler. Whisper's pooled features have per-dimension offsets and scales far apart,
+    which a linear head on raw features learns slowly. A training batch of one clip (the last of an
+    epoch can be) is standardised by the running statistics, as batch statistics need two.
+    """
+
+    def __init__(self, n_state: int):
+        super().__init__(n_state, affine=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] < 2:
+            return F.batch_norm(x, self.running_mean, self.running_var, training=False, eps=self.eps)
+        return super().forward(x)
+
+
 class EmotionModel(nn.Module):
-    """Whisper encoder -> layer mix (or the last layer) -> pooling -> projection, classification and
-    (optional) VAD heads.
+    """Whisper encoder -> layer mix (or the last layer) -> pooling -> projection head, and standardisation
+    -> classification and (optional) VAD heads.
 
     The embedding is the pooled encoder output, ``n_audio_state`` wide for both poolings (attentive
     pooling's [mean; std] is projected back to that width).
@@ -295,6 +312,7 @@ class EmotionModel(nn.Module):
         d = config.dims.n_audio_state
         self.mix = LayerMix(config.dims.n_audio_layer + 1) if config.layers == "weighted" else None
         self.pool = AttentiveStatsPool(d) if config.pooling == "attentive" else None
+        self.norm = Standardize(d)
         self.dropout = nn.Dropout(config.dropout)
         self.projector = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, config.proj_dim))
         self.classifier = nn.Linear(d, len(config.labels))
@@ -319,7 +337,7 @@ class EmotionModel(nn.Module):
         h = self.mix(self.encoder.hidden_states(mel)) if self.mix is not None else self.encoder(mel)  # [B, T, D]
         embedding = self.pool(h) if self.pool is not None else h.mean(1)
         projection = F.normalize(self.projector(embedding).float(), dim=-1)
-        x = self.dropout(embedding)
+        x = self.dropout(self.norm(embedding.float()))
         vad = torch.sigmoid(self.vad(x)) if self.vad is not None else None
         return {"embedding": embedding, "projection": projection, "logits": self.classifier(x), "vad": vad}
 

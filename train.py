@@ -237,11 +237,16 @@ def fold_probe(net: modellib.EmotionModel, probe: Pipeline) -> None:
     """Write a fitted probe (StandardScaler + LogisticRegression on embeddings) into ``net.classifier``,
     so that a contrastive checkpoint classifies as its probe does wherever the model is loaded.
 
-    The standardisation folds into the weights: W' = W / sigma, b' = b - W' mu. Classes the probe never
-    saw get a logit of -1e4 (probability 0); a binary probe's single row becomes [0, w]."""
+    The classifier sees the embedding e standardised by ``net.norm``'s running statistics, z = (e - m) / s;
+    the probe's W (e - mu) / sigma + b equals W' z + b' with W' = W s / sigma, b' = b + W (m - mu) / sigma.
+    Classes the probe never saw get a logit of -1e4 (probability 0); a binary probe's single row becomes
+    [0, w]."""
     scaler, clf = probe[0], probe[-1]
+    m = net.norm.running_mean.double().cpu().numpy()
+    s = (net.norm.running_var.double() + net.norm.eps).sqrt().cpu().numpy()
     coef = clf.coef_ / scaler.scale_
-    bias = clf.intercept_ - coef @ scaler.mean_
+    bias = clf.intercept_ + coef @ (m - scaler.mean_)
+    coef = coef * s
     if len(clf.classes_) == 2:
         coef, bias = np.concatenate([np.zeros_like(coef), coef]), np.concatenate([[0.0], bias])
     layer = net.classifier
@@ -433,6 +438,9 @@ def fit(cfg: Config) -> dict:
                 if cfg.log_every and step % cfg.log_every == 0:
                     tqdm.write(f"step {step} epoch {epoch + 1} loss {loss.item():.4f}")
         bar.close()
+        if world > 1:  # DDP syncs buffers before a forward, so each rank's last step left its own statistics
+            for buffer in net.buffers():  # (model.Standardize's); evaluate and save rank 0's everywhere
+                dist.broadcast(buffer, 0)
 
         val, probe = evaluate(net, eval_loaders, ("validation",), **eval_kw)
         val = val["validation"]

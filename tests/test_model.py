@@ -111,6 +111,25 @@ def test_forward_outputs(pooling):
     assert _net(vad_head=False)(torch.randn(1, 80, 100))["vad"] is None
 
 
+def test_heads_see_the_standardised_embedding():
+    """Training batches are standardised per feature (running statistics follow them); a training batch of
+    one clip and evaluation use the running statistics."""
+    norm = modellib.Standardize(4).train()
+    x = torch.randn(64, 4) * torch.tensor([1.0, 10.0, 0.5, 3.0]) + torch.tensor([5.0, -2.0, 0.0, 100.0])
+    z = norm(x)
+    assert torch.allclose(z.mean(0), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(z.var(0, unbiased=False), torch.ones(4), atol=1e-3)
+    assert torch.allclose(norm.running_mean, 0.1 * x.mean(0))
+    stats = norm.running_mean.clone(), norm.running_var.clone()
+    one = norm(x[:1])
+    expected = (x[:1] - stats[0]) / (stats[1] + norm.eps).sqrt()
+    assert torch.allclose(one, expected) and torch.equal(norm.running_mean, stats[0])
+    assert torch.allclose(norm.eval()(x[:1]), expected)
+    net = _net(vad_head=True).train()
+    y = net(torch.randn(1, 80, 100))
+    assert y["logits"].shape == (1, len(LABELS)) and torch.isfinite(y["logits"]).all()
+
+
 def test_autocast_is_off_on_cpu():
     with modellib.autocast("cpu"):
         assert not torch.is_autocast_enabled("cpu")

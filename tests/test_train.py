@@ -96,10 +96,11 @@ def test_kill_and_resume_gives_the_same_result(synthetic_dir, tmp_path):
 
 
 def test_two_process_gloo_evaluation_equals_single_process(synthetic_dir, tmp_path):
-    """torchrun with 2 CPU processes: each reads its shard, the gathered metrics count every row once."""
+    """torchrun with 2 CPU processes: each reads its shard, the gathered metrics count every row once, and
+    every rank evaluates the model rank 0 saves."""
     run_dir = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           str(ROOT / "train.py"), *tiny_args(synthetic_dir, run_dir, epochs="1")]
+           str(ROOT / "train.py"), *tiny_args(synthetic_dir, run_dir, epochs="1", **{"vad-weight": "0.5"})]
     proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     gathered = json.loads((run_dir / "results.json").read_text())
@@ -112,6 +113,12 @@ def test_two_process_gloo_evaluation_equals_single_process(synthetic_dir, tmp_pa
         assert gathered[split]["n"] == len(data.load_corpus(str(synthetic_dir), split))
         assert gathered[split]["confusion"] == single[split]["confusion"]
         assert gathered[split]["ua"] == pytest.approx(single[split]["ua"])
+        for name in ("valence", "arousal", "dominance"):  # continuous: any rank scoring differently shows
+            assert gathered[split][f"ccc_{name}"] == pytest.approx(single[split][f"ccc_{name}"], abs=1e-6)
+    # the epoch's own validation (before best.pt is reloaded for the final one) too
+    epoch = gathered["history"][0]
+    for name in ("ua", "ccc_valence", "ccc_arousal", "ccc_dominance"):
+        assert epoch[f"val_{name}"] == pytest.approx(single["validation"][name], abs=1e-6)
 
 
 def test_nonfinite_loss_stops_naming_the_step_or_is_skipped_when_asked(synthetic_dir, tmp_path):
@@ -132,9 +139,11 @@ def test_fold_probe_makes_the_classifier_predict_as_the_probe(n_seen):
     y = np.array([1, 3, 4][:n_seen] * 20)  # classes 0 and 2 (and 4) never seen
     x = rng.normal(2.0, 3.0, size=(len(y), net.config.dims.n_audio_state)).astype(np.float32)
     probe = train.make_pipeline(train.StandardScaler(), train.LogisticRegression(max_iter=2000)).fit(x, y)
+    net.norm.running_mean.normal_(0.0, 1.0)  # statistics as training leaves them, not the probe's
+    net.norm.running_var.uniform_(0.5, 4.0)
     train.fold_probe(net, probe)
     with torch.no_grad():
-        probs = torch.softmax(net.classifier(torch.from_numpy(x)), dim=-1).numpy()
+        probs = torch.softmax(net.classifier(net.norm(torch.from_numpy(x))), dim=-1).numpy()
     np.testing.assert_allclose(probs[:, probe[-1].classes_], probe.predict_proba(x), atol=1e-4)
     assert (probs.argmax(1) == probe.predict(x)).all()
 
