@@ -13,11 +13,12 @@ HAVE_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev
 WHISPER_CHECKPOINT ?= $(wildcard $(abspath ../shared/whisper/tiny.en.pt))
 export WHISPER_CHECKPOINT
 
-.PHONY: help demo test lint format synthetic bench strip clean
+.PHONY: help demo test test-fast lint format synthetic bench strip clean
 
 help:
 	@echo "make demo       run both notebooks headless on the synthetic corpus (runs/demo/)"
-	@echo "make test       the full test suite (and ruff)"
+	@echo "make test       the full test suite (and ruff): what CI runs"
+	@echo "make test-fast  the tests without the end-to-end ones (notebooks, subprocesses, torchrun), ~1 min"
 	@echo "make synthetic  build the synthetic corpus in data/synthetic"
 	@echo "make bench      data-loader and encoder benchmarks (appends to BENCHMARKS.md)"
 	@echo "make lint       ruff; make strip removes notebook outputs"
@@ -35,6 +36,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed lint
 	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed lint
+	$(PY) -m pytest -q -m "not e2e"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

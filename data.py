@@ -13,7 +13,7 @@ crop when training with ``Augment.crop``, the centre otherwise; a shorter clip i
 
 Both backends compute the same batches from the same random draws: every random parameter of a batch
 (crop position, speed, gain, noise, masks) is drawn in numpy from ``rng([seed, epoch, shard_id, batch])``
-(``_draw``), so batches are reproducible whatever the number of workers, and the backends agree up to
+(``draw_batch``), so batches are reproducible whatever the number of workers, and the backends agree up to
 their resamplers. The encoded bytes are decoded at their own rate (DALI's ``decoders.audio``, or
 soundfile) and resampled to 16 kHz after an anti-aliasing low-pass (``_lowpass``): DALI's resampler keeps
 its cutoff at the input's Nyquist, so without it a 48 kHz file aliases into the band.
@@ -40,13 +40,13 @@ import soundfile as sf
 import torch
 from scipy.signal import firwin, kaiserord, resample_poly
 
-from labels import FOUR_CLASS, merge_label_names, to_four_class
+from labels import FOUR_CLASS, VAD, merge_label_names, to_four_class
 
 SAMPLE_RATE = 16000
 N_FFT = 400
 HOP_LENGTH = 160
-VAD = ("valence", "arousal", "dominance")
-COLUMNS = ("id", "audio", "emotion", *VAD, "speaker", "corpus", "duration")
+COLUMNS = ("id", "audio", "emotion", *VAD, "speaker", "corpus", "duration")  # every corpus's, in this order
+BACKENDS = ("auto", "dali", "torch")
 NOISE_COLORS = ("white", "pink", "brown")
 _MARGIN = 2 * HOP_LENGTH  # 16 kHz samples resampled on either side of a crop and then dropped
 
@@ -102,22 +102,29 @@ def _open(name: str | Path, split: str) -> datasets.Dataset:
     return ds
 
 
+def schema(label_names: Sequence[str], extra: dict[str, datasets.Value] | None = None) -> datasets.Features:
+    """The features of a prepared corpus: ``COLUMNS`` (``emotion`` named by ``label_names``), then the corpus's
+    own ``extra`` columns."""
+    common = {"id": datasets.Value("string"), "audio": datasets.Audio(decode=False),
+              "emotion": datasets.ClassLabel(names=list(label_names)), "speaker": datasets.Value("string"),
+              "corpus": datasets.Value("string"), **{c: datasets.Value("float32") for c in (*VAD, "duration")}}
+    return datasets.Features({**{c: common[c] for c in COLUMNS}, **(extra or {})})
+
+
 def check_schema(ds: datasets.Dataset, name: str = "dataset", columns: Sequence[str] = COLUMNS) -> None:
-    """Raise ValueError naming ``name`` and the column when one of ``columns`` is missing or mistyped."""
-    expected = {"id": "string", "audio": "Audio", "emotion": "ClassLabel", "speaker": "string",
-                "corpus": "string", **{c: "float" for c in (*VAD, "duration")}}
+    """Raise ValueError naming ``name`` and the column when one of ``columns`` is missing or not of the kind
+    ``schema`` gives it (any width of a float or string ``Value``)."""
+    expected = schema(["?"])
     for column in columns:
-        kind, feature = expected[column], ds.features.get(column)
+        want, feature = expected[column], ds.features.get(column)
         if feature is None:
             raise ValueError(f"{name}: column {column!r} is missing (columns: {list(ds.features)})")
-        if kind == "Audio":
-            ok = isinstance(feature, datasets.Audio)
-        elif kind == "ClassLabel":
-            ok = isinstance(feature, datasets.ClassLabel)
-        else:
-            ok = isinstance(feature, datasets.Value) and feature.dtype.startswith(kind)
+        ok = type(feature) is type(want)
+        if ok and isinstance(want, datasets.Value):
+            ok = feature.dtype.rstrip("0123456789") == want.dtype.rstrip("0123456789")
         if not ok:
-            raise ValueError(f"{name}: column {column!r} is {feature}, expected {kind}")
+            want_name = want.dtype.rstrip("0123456789") if isinstance(want, datasets.Value) else type(want).__name__
+            raise ValueError(f"{name}: column {column!r} is {feature}, expected {want_name}")
 
 
 def _replace_emotion(ds: datasets.Dataset, values: np.ndarray, names: list[str]) -> datasets.Dataset:
@@ -133,12 +140,7 @@ def _relabel(ds: datasets.Dataset, names: list[str]) -> datasets.Dataset:
     index = {name: i for i, name in enumerate(names)}
     remap = np.array([index[n] for n in ds.features["emotion"].names], dtype=np.int64)
     ds = _replace_emotion(ds, remap[np.asarray(ds["emotion"], dtype=np.int64)], names)
-    features = datasets.Features({
-        "id": datasets.Value("string"), "audio": datasets.Audio(decode=False),
-        "emotion": datasets.ClassLabel(names=names),
-        **{c: datasets.Value("float32") for c in VAD}, "speaker": datasets.Value("string"),
-        "corpus": datasets.Value("string"), "duration": datasets.Value("float32")})
-    for column, feature in features.items():  # Audio: metadata only; a Value that differs is converted
+    for column, feature in schema(names).items():  # Audio: metadata only; a Value that differs is converted
         if ds.features[column] != feature:
             ds = ds.cast_column(column, feature)
     return ds
@@ -157,6 +159,17 @@ def _four_class(ds: datasets.Dataset, name: str) -> datasets.Dataset:
 
 
 # ----------------------------------------------------------------------------- audio
+
+
+def encoded_audio(cell: dict, name: str) -> bytes:
+    """The encoded bytes of an ``Audio(decode=False)`` cell: its bytes, or the file at its ``path`` where it has
+    none; AudioError naming ``name`` (the row) when neither is there."""
+    if cell.get("bytes") is not None:
+        return cell["bytes"]
+    try:
+        return Path(cell["path"]).read_bytes()
+    except (OSError, TypeError) as e:
+        raise AudioError(f"{name}: no audio bytes and cannot read {cell.get('path')!r}") from e
 
 
 def to_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -317,7 +330,7 @@ class Augment:
 
 
 @dataclass
-class _Draw:
+class BatchDraw:
     """Random parameters of one batch, arrays [B, views]: what both backends apply.
 
     start, length: the crop, in samples at the file's rate (start < 0 or beyond the end reads zeros);
@@ -338,8 +351,8 @@ class _Draw:
     freq_mask: np.ndarray
 
 
-def _draw(rng: np.random.Generator, aug: Augment, frames: np.ndarray, rates: np.ndarray, views: int,
-          n_frames: int, n_mels: int, bank: int, windows: np.ndarray | None = None) -> _Draw:
+def draw_batch(rng: np.random.Generator, aug: Augment, frames: np.ndarray, rates: np.ndarray, views: int,
+               n_frames: int, n_mels: int, bank: int, windows: np.ndarray | None = None) -> BatchDraw:
     """Every random parameter of a batch of clips with ``frames`` samples at ``rates`` Hz ([B] each).
 
     windows: [B] start of each clip's crop in 16 kHz samples (evaluation windows) instead of the random
@@ -380,10 +393,11 @@ def _draw(rng: np.random.Generator, aug: Augment, frames: np.ndarray, rates: np.
 
     time_mask = masks(aug.p_time_mask, aug.n_time_masks, aug.time_mask, n_frames)
     freq_mask = masks(aug.p_freq_mask, aug.n_freq_masks, aug.freq_mask, n_mels)
-    return _Draw(start, length, margin, speed, gain.astype(np.float32), color, offset,
-                 noise.astype(np.float32), time_mask.astype(np.float32), freq_mask.astype(np.float32))
+    return BatchDraw(start, length, margin, speed, gain.astype(np.float32), color, offset,
+                     noise.astype(np.float32), time_mask.astype(np.float32), freq_mask.astype(np.float32))
 
 
+@lru_cache(maxsize=4)
 def noise_bank(seed: int, n: int = 2**18) -> np.ndarray:
     """[len(NOISE_COLORS), n] white, pink (1/f power) and brown (1/f^2) noise, unit RMS, from ``seed``."""
     rng = np.random.default_rng([seed, 1])
@@ -468,7 +482,7 @@ class Loader:
         return math.ceil(len(np.array_split(np.arange(len(self.rows)), self.num_shards)[self.shard_id])
                          / self.batch_size)
 
-    def _crops(self, items: np.ndarray) -> np.ndarray | None:
+    def _window_start(self, items: np.ndarray) -> np.ndarray | None:
         """The evaluation windows' 16 kHz starts of ``items``, or None (one crop per row)."""
         return None if self.windows is None else self.windows[items]
 
@@ -476,24 +490,14 @@ class Loader:
         return np.random.default_rng([self.seed, self.epoch, self.shard_id, batch])
 
     def _encoded(self, rows: np.ndarray) -> list[bytes]:
-        """Encoded audio of ``rows`` (the bytes, or the file at ``path`` where a dataset has no bytes)."""
+        """Encoded audio of ``rows``."""
         audio = self.ds.select_columns(["audio"])[rows.tolist()]["audio"]
-        out = []
-        for row, a in zip(rows, audio, strict=True):
-            if a.get("bytes") is not None:
-                out.append(a["bytes"])
-            else:
-                try:
-                    out.append(Path(a["path"]).read_bytes())
-                except (OSError, TypeError) as e:
-                    where = self._where(row)
-                    raise AudioError(f"{where}: no audio bytes and cannot read {a.get('path')!r}") from e
-        return out
+        return [encoded_audio(a, self._row_name(row)) for row, a in zip(rows, audio, strict=True)]
 
-    def _where(self, row: int) -> str:
+    def _row_name(self, row: int) -> str:
         return f"row {int(row)} (id {self.ids[row]!r})"
 
-    def _meta(self, items: np.ndarray) -> dict[str, torch.Tensor]:
+    def _targets(self, items: np.ndarray) -> dict[str, torch.Tensor]:
         rows = self.rows[items]
         out = {"emotion": torch.from_numpy(self.emotion[rows]), "vad": torch.from_numpy(self.vad[rows]),
                "index": torch.from_numpy(rows.astype(np.int64))}
@@ -508,7 +512,7 @@ class TorchLoader(Loader):
         loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False,
                                              num_workers=self.num_workers)
         for items, mel in loader:
-            yield {"mel": mel.to(self.device, non_blocking=True), **self._meta(items.numpy())}
+            yield {"mel": mel.to(self.device, non_blocking=True), **self._targets(items.numpy())}
         self.epoch += 1
 
 
@@ -523,13 +527,13 @@ class _TorchBatches(torch.utils.data.Dataset):
         """(items [B], mel) of batch ``i``."""
         lo, items = self.loader, self.batches[i]
         rows = lo.rows[items]
-        decoded = [_decode(data, lo._where(row)) for row, data in zip(rows, lo._encoded(rows), strict=True)]
+        decoded = [_decode(data, lo._row_name(row)) for row, data in zip(rows, lo._encoded(rows), strict=True)]
         frames = np.array([len(a) for a, _ in decoded])
         rates = np.array([r for _, r in decoded])
-        d = _draw(lo._rng(i), lo.augment, frames, rates, lo.views, lo.n_frames, lo.n_mels, lo.bank_size,
-                  lo._crops(items))
+        d = draw_batch(lo._rng(i), lo.augment, frames, rates, lo.views, lo.n_frames, lo.n_mels, lo.bank_size,
+                       lo._window_start(items))
         n = lo.n_frames * HOP_LENGTH
-        bank = _bank(lo.seed, lo.bank_size) if lo.augment.p_noise > 0 else None
+        bank = noise_bank(lo.seed, lo.bank_size) if lo.augment.p_noise > 0 else None
         wave = np.zeros((len(rows), lo.views, n), np.float32)
         for b, (audio, rate) in enumerate(decoded):
             for v in range(lo.views):
@@ -552,11 +556,6 @@ class _TorchBatches(torch.utils.data.Dataset):
         if lo.augment.masks:
             mel = mel * torch.from_numpy(d.freq_mask[..., :, None] * d.time_mask[..., None, :])
         return torch.from_numpy(items), mel[:, 0] if lo.views == 1 else mel
-
-
-@lru_cache(maxsize=4)
-def _bank(seed: int, n: int) -> np.ndarray:
-    return noise_bank(seed, n)
 
 
 class DaliLoader(Loader):
@@ -595,7 +594,7 @@ class DaliLoader(Loader):
                     break
                 except RuntimeError as e:
                     raise self._explain(e) from e
-                yield {"mel": self._to_torch(out), **self._meta(self._fed.popleft())}
+                yield {"mel": self._to_torch(out), **self._targets(self._fed.popleft())}
         except GeneratorExit:  # abandoned mid-epoch: let DALI run out of what it has prefetched
             self._todo.clear()
             with contextlib.suppress(StopIteration):
@@ -620,11 +619,11 @@ class DaliLoader(Loader):
         self._fed.append(items)
         rows = self.rows[items]
         encoded = self._encoded(rows)
-        head = np.array([_header(data, self._where(row)) for row, data in zip(rows, encoded, strict=True)])
+        head = np.array([_header(data, self._row_name(row)) for row, data in zip(rows, encoded, strict=True)])
         aug, n = self.augment, self.n_frames * HOP_LENGTH
-        d = _draw(self._rng(i), aug, head[:, 0], head[:, 1], self.views, self.n_frames, self.n_mels,
-                  self.bank_size, self._crops(items))
-        bank = _bank(self.seed, self.bank_size) if aug.p_noise > 0 else None
+        d = draw_batch(self._rng(i), aug, head[:, 0], head[:, 1], self.views, self.n_frames, self.n_mels,
+                       self.bank_size, self._window_start(items))
+        bank = noise_bank(self.seed, self.bank_size) if aug.p_noise > 0 else None
         out = [[np.frombuffer(data, np.uint8) for data in encoded]]
         for v in range(self.views):
             out.append([np.array([s], np.int32) for s in d.start[:, v] - d.margin[:, v]])
@@ -717,12 +716,12 @@ class DaliLoader(Loader):
         bad = []
         for row, data in zip(rows, self._encoded(np.array(rows, dtype=np.int64)), strict=True):
             try:
-                _decode(data, self._where(row))
+                _decode(data, self._row_name(row))
             except AudioError as e:
                 bad.append(str(e))
         if bad:
             return AudioError("; ".join(bad))
-        where = ", ".join(self._where(row) for row in rows)
+        where = ", ".join(self._row_name(row) for row in rows)
         return RuntimeError(f"DALI failed on a batch holding {where}: {error}")
 
 
@@ -730,42 +729,47 @@ def make_loader(ds: datasets.Dataset, *, batch_size: int, train: bool, views: in
                 n_mels: int = 80, augment: Augment | None = None, backend: str = "auto",
                 device: str | torch.device | None = None, seed: int = 0, shard_id: int = 0,
                 num_shards: int = 1, num_workers: int | None = None, windows: bool = False) -> Loader:
-    """Batches of ``ds`` (see ``Loader``). backend: "dali" (= "auto") or "torch". ``augment`` applies only
-    when ``train``; ``num_workers`` (default min(4, CPUs)) : DALI threads or DataLoader processes;
-    ``windows``: evaluate every row on windows covering its whole length (see ``Loader``)."""
+    """Batches of ``ds`` (see ``Loader``). backend: "dali", "torch", or "auto": DALI when it runs on this machine
+    and ``device`` (``dali_problem``), else torch. ``augment`` applies only when ``train``; ``num_workers``
+    (default min(4, CPUs)): DALI threads or DataLoader processes; ``windows``: evaluate every row on windows
+    covering its whole length (see ``Loader``)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: expected one of {BACKENDS}")
     if num_workers is None:
         num_workers = min(4, len(os.sched_getaffinity(0)))
     kw = dict(batch_size=batch_size, train=train, views=views, n_frames=n_frames, n_mels=n_mels,
               augment=augment, device=device, seed=seed, shard_id=shard_id, num_shards=num_shards,
               num_workers=num_workers, windows=windows)
-    if backend in ("auto", "dali"):
-        return DaliLoader(ds, **kw)
-    if backend == "torch":
-        return TorchLoader(ds, **kw)
-    raise ValueError(f"unknown backend {backend!r}: expected 'auto', 'dali' or 'torch'")
+    if backend == "auto":
+        backend = choose_backend(torch.device(device if device is not None else "cpu"))
+    return DaliLoader(ds, **kw) if backend == "dali" else TorchLoader(ds, **kw)
 
 
-# ----------------------------------------------------------------------------- figures
+@cache
+def dali_problem(device: torch.device) -> str | None:
+    """Why DALI cannot load batches on ``device`` here (not installed, or a pipeline fails to run), or None."""
+    try:
+        from nvidia.dali import fn, pipeline_def
+
+        gpu = device.type == "cuda"
+
+        @pipeline_def(batch_size=1, num_threads=1, device_id=(device.index or 0) if gpu else None)
+        def probe():
+            x = fn.constant(fdata=[1.0])
+            return x.gpu() if gpu else x
+
+        pipe = probe()
+        pipe.build()
+        pipe.run()
+    except Exception as e:  # ImportError, or whatever DALI raises on a machine it does not support
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
-def plot_batch(batch: dict[str, torch.Tensor], label_names: Sequence[str], n: int = 4):
-    """Log-mels of the first ``n`` clips of ``batch`` (views side by side), titled with label and VAD."""
-    import matplotlib.pyplot as plt
-
-    mel = batch["mel"].detach().float().cpu()
-    mel = mel[:, None] if mel.ndim == 3 else mel
-    n = min(n, len(mel))
-    views = mel.shape[1]
-    fig, axes = plt.subplots(n, views, figsize=(4 * views, 2.2 * n), squeeze=False, constrained_layout=True)
-    for i in range(n):
-        label = label_names[int(batch["emotion"][i])]
-        vad = batch["vad"][i].tolist()
-        if not any(math.isnan(x) for x in vad):
-            label += "  V {:.2f} A {:.2f} D {:.2f}".format(*vad)
-        for v in range(views):
-            ax = axes[i, v]
-            ax.imshow(mel[i, v].numpy(), origin="lower", aspect="auto", interpolation="nearest")
-            ax.set_title(label + (f"  (view {v + 1})" if views > 1 else ""), fontsize=9)
-            ax.set_xlabel("frame")
-            ax.set_ylabel("mel bin")
-    return fig
+@cache
+def choose_backend(device: torch.device) -> str:
+    """``backend="auto"``: "dali" when ``dali_problem`` finds none, else "torch"; says which on stderr, once."""
+    problem = dali_problem(device)
+    print(f"data loader: {'torch (DALI does not run here: ' + problem + ')' if problem else 'DALI'} on {device}",
+          file=sys.stderr)
+    return "torch" if problem else "dali"

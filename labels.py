@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+VAD = ("valence", "arousal", "dominance")  # the dimensional ratings, each on 0-1 (NaN where unknown)
 EMOTIONS = ["neutral", "happy", "sad", "angry", "fearful", "surprised", "disgusted"]
 FOUR_CLASS = ["neutral", "happy", "sad", "angry"]
 # Labels merged into a 4-class label by the usual IEMOCAP protocol.

@@ -1,44 +1,35 @@
-"""Emotion model: Whisper's audio encoder, a pooling layer and three heads.
+"""Emotion model: Whisper's audio encoder, a layer mix, pooling and three heads.
 
-- ``load_encoder`` builds openai-whisper's ``AudioEncoder`` alone (the text decoder is never built)
-  from a model name, a checkpoint file or ``random:<name>``, with its positional embedding trimmed
-  to the first ``n_frames // 2`` rows so that it takes short clips (300 mel frames = 3 s) instead of
-  Whisper's 30 s window.
-- ``EmotionModel`` mixes the encoder's layers (or takes the last), pools the frames into an embedding
-  and feeds a contrastive projection head, a classification head and an optional
-  valence/arousal/dominance head.
-- ``set_trainable`` freezes parts of the encoder; ``save_model``/``load_model`` write and read one
-  self-describing file that rebuilds the model without the original Whisper checkpoint.
+- ``DIMS`` and ``Encoder``: openai-whisper's ``AudioEncoder`` alone (the text decoder is never built), its
+  context ``n_audio_ctx`` set to ``n_frames // 2`` so that it takes short clips (300 mel frames = 3 s)
+  instead of Whisper's 30 s window.
+- ``EmotionModel`` mixes the encoder's layers (or takes the last), pools the frames into an embedding and
+  feeds a contrastive projection head, a classification head and an optional valence/arousal/dominance head.
+- ``set_trainable`` freezes parts of the encoder; ``resolve_device`` and ``autocast`` say where and in
+  which precision the model runs.
+
+Weights come from ``checkpoint.py``, which builds these modules from a Whisper checkpoint and saves and
+loads trained models; this module imports nothing of it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
-import os
-import pickle
-import socket
-import tempfile
-import zipfile
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-import whisper
 from torch import Tensor, nn
 from whisper.audio import N_FRAMES
 from whisper.model import AudioEncoder, ModelDimensions
 
 log = logging.getLogger(__name__)
 
-FORMAT = "whisper-ser/1"
 POOLINGS = ("mean", "attentive")
 LAYERS = ("weighted", "last")
 POLICIES = ("heads", "all", "top:N")
-DOWNLOAD_TIMEOUT_S = 30.0
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _dims(n_mels: int, n_state: int, n_head: int, n_layer: int, n_vocab: int,
@@ -106,103 +97,10 @@ class Encoder(AudioEncoder):
                              f"(n_mels, n_frames), received {list(x.shape)}")
 
 
-def _check_n_frames(n_frames: int, most: int = N_FRAMES) -> None:
+def check_n_frames(n_frames: int, most: int = N_FRAMES) -> None:
     if not isinstance(n_frames, int) or n_frames < 2 or n_frames % 2 or n_frames > most:
         raise ValueError(f"n_frames must be an even integer in 2..{most} (Whisper's encoder halves it "
                          f"and has {most // 2} positions), got {n_frames!r}")
-
-
-def _download_root(download_root: str | None) -> str:
-    default = os.path.join(os.path.expanduser("~"), ".cache")
-    return download_root or os.path.join(os.getenv("XDG_CACHE_HOME", default), "whisper")
-
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    # whisper._download calls urlopen without a timeout: an unreachable host would block forever.
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
-def _resolve_checkpoint(name_or_path: str, download_root: str | None) -> Path:
-    """Local file of an openai-whisper model name (downloading it when absent) or checkpoint path."""
-    if name_or_path in whisper._MODELS:
-        url = whisper._MODELS[name_or_path]
-        root = _download_root(download_root)
-        target = os.path.join(root, os.path.basename(url))
-        try:
-            with _socket_timeout(DOWNLOAD_TIMEOUT_S):
-                return Path(whisper._download(url, root, in_memory=False))
-        except (OSError, RuntimeError) as e:  # URLError, timeouts and checksum errors
-            raise FileNotFoundError(
-                f"Whisper checkpoint {name_or_path!r} is not in {root} (looked for {target}) and could not "
-                f"be downloaded from {url}: {e}. Pass the path of an openai-whisper checkpoint file "
-                f"instead (e.g. WHISPER_CHECKPOINT=/path/to/{name_or_path}.pt for the demo and tests), or "
-                f"put the file at {target}.") from None
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    if path.exists() or os.sep in name_or_path or path.suffix in (".pt", ".pth", ".bin"):
-        raise FileNotFoundError(f"Whisper checkpoint file {name_or_path} does not exist or is not a file")
-    raise ValueError(f"unknown Whisper model {name_or_path!r}: use one of {whisper.available_models()}, "
-                     f"random:<one of them> for an untrained encoder, or a checkpoint file path")
-
-
-def _read_encoder_checkpoint(path: Path) -> tuple[ModelDimensions, dict[str, Tensor]]:
-    """``dims`` and the ``encoder.*`` weights (prefix removed, float32) of an openai-whisper checkpoint."""
-    try:
-        # mmap: only the encoder's tensors are ever read from disk, never the decoder's.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as e:  # a damaged file makes the unpickler raise nearly anything (IndexError too)
-        raise ValueError(f"{path} is not a readable openai-whisper checkpoint: {type(e).__name__}: {e}") from None
-    if not isinstance(checkpoint, dict) or not {"dims", "model_state_dict"} <= checkpoint.keys():
-        keys = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f"{path} is not an openai-whisper checkpoint: expected the keys 'dims' and "
-                         f"'model_state_dict', found {keys}")
-    try:
-        dims = ModelDimensions(**checkpoint["dims"])
-    except TypeError as e:
-        raise ValueError(f"{path}: bad 'dims' {checkpoint['dims']}: {e}") from None
-    state = {k.removeprefix("encoder."): v.float() for k, v in checkpoint["model_state_dict"].items()
-             if k.startswith("encoder.")}
-    return dims, state
-
-
-def load_encoder(name_or_path: str, n_frames: int = 300, device: str | torch.device | None = None,
-                 download_root: str | None = None) -> Encoder:
-    """Whisper's audio encoder alone, float32, taking ``[B, n_mels, n_frames]`` mel inputs.
-
-    name_or_path: an openai-whisper model name (``whisper.available_models()``; downloaded into
-    ``download_root``, default ``~/.cache/whisper``), a checkpoint file in openai-whisper's format
-    (``{"dims", "model_state_dict"}``), or ``random:<name>`` for an untrained encoder of that size.
-    The positional embedding keeps its first ``n_frames // 2`` rows; every other weight is unchanged.
-    ``encoder.dims`` holds the checkpoint's dims with ``n_audio_ctx = n_frames // 2``.
-    """
-    _check_n_frames(n_frames)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if name_or_path.startswith("random:"):
-        name = name_or_path.removeprefix("random:")
-        if name not in DIMS:
-            raise ValueError(f"unknown Whisper model {name!r} in {name_or_path!r}: use random:<name> with one "
-                             f"of {list(DIMS)}")
-        dims, state = DIMS[name], None
-    else:
-        path = _resolve_checkpoint(name_or_path, download_root)
-        dims, state = _read_encoder_checkpoint(path)
-        _check_n_frames(n_frames, 2 * dims.n_audio_ctx)
-    encoder = Encoder(replace(dims, n_audio_ctx=n_frames // 2))
-    if state is not None:
-        state["positional_embedding"] = state["positional_embedding"][: n_frames // 2]
-        try:
-            encoder.load_state_dict(state)
-        except RuntimeError as e:
-            raise ValueError(f"{name_or_path}: the encoder weights do not match its dims {dims}: {e}") from None
-    return encoder.to(device)
 
 
 @dataclass
@@ -228,7 +126,7 @@ class ModelConfig:
         if isinstance(self.dims, dict):
             self.dims = ModelDimensions(**self.dims)
         self.labels = list(self.labels)
-        _check_n_frames(self.n_frames)
+        check_n_frames(self.n_frames)
         if (self.n_mels, self.n_frames // 2) != (self.dims.n_mels, self.dims.n_audio_ctx):
             raise ValueError(f"n_mels={self.n_mels}, n_frames={self.n_frames} disagree with the encoder's dims "
                              f"n_mels={self.dims.n_mels}, n_audio_ctx={self.dims.n_audio_ctx} (= n_frames // 2)")
@@ -246,7 +144,7 @@ class LayerMix(nn.Module):
     h = sum_l softmax(w)_l LN(h_l) over l = 0 (input embedding) .. n_layer, each h_l [B, T, D] normalised
     (layer norm without affine weights) so that the weights compare layers of different scales.
     Whisper's last layers are shaped for transcription; prosody, a main carrier of emotion, is better
-    kept in lower ones, which the mix can draw on (``train.plot_layer_weights`` shows what it learned).
+    kept in lower ones, which the mix can draw on (``report.plot_layer_weights`` shows what it learned).
     """
 
     def __init__(self, n_layers: int):
@@ -281,10 +179,10 @@ class AttentiveStatsPool(nn.Module):
 class Standardize(nn.BatchNorm1d):
     """Per-feature standardisation of the pooled embedding before the heads, [B, D] -> [B, D]: batch norm
     without affine weights, as in MAE's linear probing (He et al., 2022), the trained counterpart of a
-    probe's StandardScaler: the heads see each feature centred and scaled by its spread over clips
-    (in tiny.en's pooled embeddings of the synthetic corpus, a feature's offset is a median 2.6 times that
-    spread, and spreads range over 20x). A training batch of one clip (the last of an epoch can be) is
-    standardised by the running statistics, as batch statistics need two.
+    probe's StandardScaler: the heads see each feature centred and scaled by its spread over clips (pooled
+    Whisper features sit far from zero, with spreads that differ widely between features: BENCHMARKS.md).
+    A training batch of one clip (the last of an epoch can be) is standardised by the running statistics,
+    as batch statistics need two.
     """
 
     def __init__(self, n_state: int):
@@ -319,19 +217,6 @@ class EmotionModel(nn.Module):
         self.classifier = nn.Linear(d, len(config.labels))
         self.vad = nn.Linear(d, 3) if config.vad_head else None
 
-    @classmethod
-    def from_whisper(cls, whisper: str, *, labels: list[str], n_frames: int = 300, pooling: str = "mean",
-                     layers: str = "weighted", proj_dim: int = 128, vad_head: bool = False, dropout: float = 0.1,
-                     device: str | torch.device | None = None, download_root: str | None = None
-                     ) -> EmotionModel:
-        """A new model on a Whisper encoder (``load_encoder``'s ``whisper``: name, path or random:<name>)."""
-        encoder = load_encoder(whisper, n_frames, device="cpu", download_root=download_root)
-        config = ModelConfig(whisper=whisper, dims=encoder.dims, labels=labels, n_frames=n_frames,
-                             n_mels=encoder.dims.n_mels, pooling=pooling, layers=layers, proj_dim=proj_dim,
-                             vad_head=vad_head, dropout=dropout)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(config, encoder).to(device)
-
     def forward(self, mel: Tensor) -> dict[str, Tensor | None]:
         """mel: [B, n_mels, n_frames] -> embedding [B, D], projection [B, proj_dim] (unit L2 norm),
         logits [B, n_labels], vad [B, 3] in 0-1 (valence, arousal, dominance) or None."""
@@ -354,18 +239,6 @@ class EmotionModel(nn.Module):
             if not any(p.requires_grad for p in part.parameters()):
                 part.eval()
         return self
-
-
-def build_model(config: ModelConfig, device: str | torch.device | None = None,
-                download_root: str | None = None) -> EmotionModel:
-    """A new model for ``config`` with the pretrained encoder of ``config.whisper`` (heads untrained)."""
-    model = EmotionModel.from_whisper(config.whisper, labels=config.labels, n_frames=config.n_frames,
-                                      pooling=config.pooling, layers=config.layers, proj_dim=config.proj_dim,
-                                      vad_head=config.vad_head, dropout=config.dropout, device=device,
-                                      download_root=download_root)
-    if model.config != config:
-        raise ValueError(f"{config.whisper} gives dims {model.config.dims}, the config says {config.dims}")
-    return model
 
 
 def set_trainable(model: EmotionModel, policy: str) -> int:
@@ -399,75 +272,22 @@ def set_trainable(model: EmotionModel, policy: str) -> int:
     return count
 
 
-def autocast(device: str | torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA, nothing (float32) elsewhere."""
-    if torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def resolve_device(device: str | torch.device | None = None, rank: int = 0) -> torch.device:
+    """``device`` as a ``torch.device``; None: GPU ``rank`` (the local rank under torchrun) when CUDA is
+    available, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device(f"cuda:{rank}" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: str | torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """The forward pass's precision: bf16 autocast for ``precision="bf16"``, and for ``"auto"`` on CUDA;
+    float32 (no autocast) for ``"fp32"``, and for ``"auto"`` elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    device = torch.device(device)
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def save_model(model: EmotionModel, path: str | Path, extra: dict | None = None) -> None:
-    """Write ``{"format", "config", "state_dict", "extra"}`` to ``path`` atomically (temp file + rename).
-
-    ``extra`` (e.g. epoch, metrics) must hold only what ``torch.load(weights_only=True)`` reads back:
-    tensors, numbers, strings, None and lists/tuples/dicts of them.
-    """
-    path = Path(path)
-    buffer = io.BytesIO()
-    torch.save(extra, buffer)
-    buffer.seek(0)
-    try:
-        torch.load(buffer, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise TypeError(f"save_model extra={extra!r} holds objects weights_only loading refuses: {e}") from None
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_save({"format": FORMAT, "config": asdict(model.config), "state_dict": state, "extra": extra}, path)
-
-
-def atomic_save(obj: object, path: str | Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: a reader (or a run killed midway)
-    never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """The dict ``save_model`` wrote to ``path`` (tensors on CPU); ValueError naming the file otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a damaged file makes the unpickler raise nearly anything (IndexError too)
-        raise ValueError(f"{path} is not a readable {FORMAT} model file: {type(e).__name__}: {e}") from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        hint = ""
-        if isinstance(obj, dict) and {"dims", "model_state_dict"} <= obj.keys():
-            hint = " (it is an openai-whisper checkpoint: use it as EmotionModel.from_whisper's whisper=)"
-        found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(f"{path} is not a {FORMAT} model file (format: {found!r}){hint}")
-    missing = {"config", "state_dict", "extra"} - obj.keys()
-    if missing:
-        raise ValueError(f"{path} lacks {sorted(missing)}")
-    return obj
-
-
-def load_model(path: str | Path, device: str | torch.device | None = None) -> EmotionModel:
-    """The model ``save_model`` wrote, rebuilt from its stored config (no Whisper checkpoint needed), in
-    eval mode (its ``extra``: ``read_checkpoint(path)["extra"]``)."""
-    obj = read_checkpoint(path)
-    try:
-        model = EmotionModel(ModelConfig(**obj["config"]))
-        model.load_state_dict(obj["state_dict"])
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{path}: config or weights do not form a model: {e}") from None
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval()

@@ -36,10 +36,11 @@ import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
+import checkpoint
 import data
 import model as modellib
+from labels import VAD
 
-VAD_NAMES = ("valence", "arousal", "dominance")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg") + ((".mp3",) if "MP3" in sf.available_formats() else ())
 
 
@@ -116,7 +117,7 @@ class Predictor:
 
     def __init__(self, net: modellib.EmotionModel, device: str | torch.device | None = None, *,
                  hop: float | None = None, batch_size: int = 32):
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = modellib.resolve_device(device)
         self.net = net.to(self.device).eval()
         self.labels: list[str] = list(net.config.labels)
         self.n_frames: int = net.config.n_frames
@@ -130,9 +131,9 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None, **kw) -> Predictor:
-        """Load a checkpoint written by ``model.save_model`` (e.g. a run's ``best.pt``)."""
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return cls(modellib.load_model(path, device=device), device, **kw)
+        """Load a checkpoint written by ``checkpoint.save_model`` (e.g. a run's ``best.pt``)."""
+        device = modellib.resolve_device(device)
+        return cls(checkpoint.load_model(path, device=device), device, **kw)
 
     @property
     def has_vad(self) -> bool:
@@ -217,7 +218,7 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 
 
 def _vad_dict(vad: np.ndarray) -> dict[str, float]:
-    return {name: float(v) for name, v in zip(VAD_NAMES, vad, strict=True)}
+    return {name: float(v) for name, v in zip(VAD, vad, strict=True)}
 
 
 def _one_line(error: BaseException) -> str:
@@ -261,7 +262,7 @@ def format_rows(name: str, pred: Prediction, labels: list[str], per_window: bool
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="audio files or directories")
-    parser.add_argument("--checkpoint", required=True, help="a model.save_model checkpoint (a run's best.pt)")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint.save_model file (a run's best.pt)")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
     parser.add_argument("--per-window", action="store_true", help="also print every window with its times")
     parser.add_argument("--hop", type=float, default=None, help="window hop in seconds (default: half a window)")
@@ -282,9 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         where = "" if name in reason else f"{name}: "  # data.load_audio's messages already name the file
         tqdm.write(f"{prog}: error: {where}{reason}", file=sys.stderr)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = modellib.resolve_device(args.device)
     try:
-        net = modellib.load_model(args.checkpoint, device=device)
+        net = checkpoint.load_model(args.checkpoint, device=device)
     except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as e:
         print(f"{prog}: error: cannot load checkpoint {args.checkpoint}: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -298,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, reason in missing:
         fail(name, reason)
     labels = predictor.labels
-    columns = ["file", "window", "start_s", "end_s", "label", *labels, *(VAD_NAMES if predictor.has_vad else ())]
+    columns = ["file", "window", "start_s", "end_s", "label", *labels, *(VAD if predictor.has_vad else ())]
     widths = {c: max(len(c), 7) for c in columns}
     widths["file"] = max([4, *(len(str(f)) for f in files)])
     writer = csv.DictWriter(sys.stdout, columns, lineterminator="\n") if args.format == "csv" else None

@@ -1,6 +1,6 @@
-"""Raw corpora -> Hugging Face ``DatasetDict`` in one schema; the synthetic corpus and its baseline.
+"""Raw corpora -> Hugging Face ``DatasetDict`` in one schema (``data.schema``); the synthetic corpus.
 
-    python prepare.py ravdess     RAW_DIR OUT_DIR [--skip-bad] [--push-to-hub REPO_ID]
+    python prepare.py ravdess     RAW_DIR OUT_DIR [--test-actors 1,2,3 --validation-actors 4,5] [--skip-bad] [...]
     python prepare.py iemocap     RAW_DIR OUT_DIR [--test-session N] [--skip-bad] [--push-to-hub REPO_ID]
     python prepare.py msp-podcast RAW_DIR OUT_DIR [--skip-bad] [--push-to-hub REPO_ID]
     python prepare.py synthetic   OUT_DIR [--seed N] [--speakers N] [--per-class N] [--push-to-hub REPO_ID]
@@ -25,20 +25,21 @@ import io
 import math
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value
-from scipy.signal import butter, lfilter, resample_poly
+from datasets import Audio, Dataset, DatasetDict, Features, Value
+from scipy.signal import butter, lfilter
 from tqdm import tqdm
 
+import data
+from data import SAMPLE_RATE
 from labels import CORPORA, label_map, label_names, normalize_vad
 
 SPLITS = ("train", "validation", "test")
-SAMPLE_RATE = 16000  # the synthetic corpus's rate, and whisper's
 
 
 class BadInputError(ValueError):
@@ -63,61 +64,47 @@ class _Item:
     digest: str = ""
 
 
-# The audio column is written as this plain struct, then cast to ``Audio(decode=False)`` (same arrow
-# storage): ``Audio.encode_example`` needs torchcodec and drops the bytes of a path that exists locally.
+# The audio column is written as this plain struct, then cast to ``AUDIO`` (same arrow storage):
+# ``Audio.encode_example`` needs torchcodec and drops the bytes of a path that exists locally.
 _AUDIO_STORAGE = {"bytes": Value("binary"), "path": Value("string")}
+AUDIO = Audio(decode=False)
 
 
 def _features(corpus: str, extra: dict[str, Value]) -> Features:
-    """The schema as written (audio as ``_AUDIO_STORAGE``); ``_finish`` casts it to the final one."""
-    return Features({
-        "id": Value("string"),
-        "audio": _AUDIO_STORAGE,
-        "emotion": ClassLabel(names=label_names(corpus)),
-        "valence": Value("float32"),
-        "arousal": Value("float32"),
-        "dominance": Value("float32"),
-        "speaker": Value("string"),
-        "corpus": Value("string"),
-        "duration": Value("float32"),
-        **extra,
-    })
+    """``data.schema`` of ``corpus`` as written: audio as ``_AUDIO_STORAGE``, cast to ``Audio`` afterwards."""
+    return Features({**data.schema(label_names(corpus), extra), "audio": _AUDIO_STORAGE})
 
 
-def _finish(dataset: Dataset) -> Dataset:
-    return dataset.cast_column("audio", Audio(decode=False))
-
-
-def _wav_truncation(data: bytes) -> str | None:
+def _wav_truncation(encoded: bytes) -> str | None:
     """Why a RIFF/WAVE file is truncated (its data chunk holds fewer bytes than declared), else None.
 
     libsndfile silently shortens such files, so they are checked here.
     """
-    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+    if encoded[:4] != b"RIFF" or encoded[8:12] != b"WAVE":
         return None
     pos = 12
-    while pos + 8 <= len(data):
-        chunk, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
+    while pos + 8 <= len(encoded):
+        chunk, size = encoded[pos:pos + 4], int.from_bytes(encoded[pos + 4:pos + 8], "little")
         if chunk == b"data":
-            held = len(data) - pos - 8
+            held = len(encoded) - pos - 8
             return f"truncated: data chunk declares {size} bytes, the file holds {held}" if held < size else None
         pos += 8 + size + (size & 1)
     return "truncated: no data chunk"
 
 
-def measure(data: bytes) -> float:
+def measure(encoded: bytes) -> float:
     """Duration in seconds of an encoded audio file, decoding all of it.
 
     Raises ValueError saying why when the file is empty, truncated, not audio, silent of samples,
     or holds non-finite samples.
     """
-    if not data:
+    if not encoded:
         raise ValueError("empty file")
-    truncated = _wav_truncation(data)
+    truncated = _wav_truncation(encoded)
     if truncated:
         raise ValueError(truncated)
     try:
-        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        samples, rate = sf.read(io.BytesIO(encoded), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as err:
         raise ValueError(f"not readable as audio ({err})") from None
     if len(samples) == 0:
@@ -141,13 +128,13 @@ def _build(items: list[_Item], problems: list[tuple[str, str]], features: Featur
     """
     good = []
     for item in tqdm(items, desc=desc, unit="file"):
-        data = item.path.read_bytes()
+        encoded = item.path.read_bytes()
         try:
-            item.duration = measure(data)
+            item.duration = measure(encoded)
         except ValueError as err:
             problems.append((str(item.path), str(err)))
             continue
-        item.digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+        item.digest = hashlib.blake2b(encoded, digest_size=16).hexdigest()
         good.append(item)
     if problems and not skip_bad:
         raise BadInputError(problems)
@@ -161,20 +148,21 @@ def _build(items: list[_Item], problems: list[tuple[str, str]], features: Featur
     for split in order:
         chosen = by_split.get(split, [])
         if not chosen:
-            out[split] = _finish(Dataset.from_dict({name: [] for name in features}, features=features))
+            empty = Dataset.from_dict({name: [] for name in features}, features=features)
+            out[split] = empty.cast_column("audio", AUDIO)
             continue
         hasher = hashlib.blake2b(repr((features, split)).encode(), digest_size=16)
         for item in chosen:
             hasher.update(repr((item.name, item.row, item.duration, item.digest)).encode())
-        out[split] = _finish(Dataset.from_generator(_rows, features=features, gen_kwargs={"items": chosen},
-                                                    fingerprint=hasher.hexdigest(), split=split))
+        out[split] = Dataset.from_generator(_rows, features=features, gen_kwargs={"items": chosen},
+                                            fingerprint=hasher.hexdigest(), split=split).cast_column("audio", AUDIO)
     return out
 
 
 def save(dsd: DatasetDict, out_dir: str | Path) -> None:
     """``save_to_disk``, writing one shard for an empty split (datasets otherwise writes none and
     ``load_from_disk`` fails on it: huggingface/datasets PR #8385)."""
-    dsd.save_to_disk(str(out_dir), num_shards={split: 1 for split, data in dsd.items() if len(data) == 0})
+    dsd.save_to_disk(str(out_dir), num_shards={split: 1 for split, rows in dsd.items() if len(rows) == 0})
 
 
 def _report_skipped(problems: list[tuple[str, str]], report: str | Path | None) -> None:
@@ -207,24 +195,33 @@ _RAVDESS_INTENSITY = {"01": "normal", "02": "strong"}
 _RAVDESS_STATEMENT = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
 
 
-def ravdess_split(actor: int) -> str:
-    """RAVDESS's fixed split by actor: 1-18 train, 19-20 validation, 21-24 test (each half male, half female)."""
+def ravdess_split(actor: int, test_actors: Collection[int] = (), validation_actors: Collection[int] = ()) -> str:
+    """The split of an actor. Without actor lists RAVDESS's fixed split: 1-18 train, 19-20 validation, 21-24 test
+    (each half male, half female); with them, ``test_actors`` test, ``validation_actors`` validation, the rest
+    train."""
+    if test_actors or validation_actors:
+        return "test" if actor in test_actors else "validation" if actor in validation_actors else "train"
     return "train" if actor <= 18 else "validation" if actor <= 20 else "test"
 
 
-def prepare_ravdess(root: str | Path, *, skip_bad: bool = False, report: str | Path | None = None) -> DatasetDict:
+def prepare_ravdess(root: str | Path, *, test_actors: Collection[int] = (), validation_actors: Collection[int] = (),
+                    skip_bad: bool = False, report: str | Path | None = None) -> DatasetDict:
     """RAVDESS (``Actor_XX/MM-VV-EE-II-SS-RR-AA.wav``, 48 kHz) -> DatasetDict.
 
     File name fields: modality, vocal channel (01 speech, 02 song), emotion (01-08, ``CORPORA``), intensity
     (01 normal, 02 strong), statement (01, 02), repetition, actor (01-24, odd male). Both the flat layout and
     the published zips' ``Audio_*_Actors_01-24/Actor_XX`` are found. Speaker = ``Actor_XX``. Splits by actor:
-    see ``ravdess_split``. No VAD ratings: valence, arousal, dominance are NaN. Extra columns: ``intensity``,
-    ``statement``, ``vocal_channel`` (strings).
+    see ``ravdess_split``; with ``test_actors``/``validation_actors`` (any speaker-independent split, e.g.
+    folds of a subset of the actors) a split left without rows is a ValueError. No VAD ratings: valence,
+    arousal, dominance are NaN. Extra columns: ``intensity``, ``statement``, ``vocal_channel`` (strings).
 
     Bad input raises one ``BadInputError``; with ``skip_bad`` it is left out and listed in ``report`` (TSV)
     or on stderr.
     """
     root = Path(root)
+    test_actors, validation_actors = set(test_actors), set(validation_actors)
+    if test_actors & validation_actors:
+        raise ValueError(f"actors {sorted(test_actors & validation_actors)} are in both the test and validation split")
     codes, index = CORPORA["ravdess"].codes, label_map("ravdess")
     paths = sorted(p for p in root.glob("**/Actor_*/*.wav") if not p.name.startswith("."))
     if not paths:
@@ -250,7 +247,14 @@ def prepare_ravdess(root: str | Path, *, skip_bad: bool = False, report: str | P
                "dominance": math.nan, "speaker": f"Actor_{actor}", "corpus": "ravdess",
                "intensity": _RAVDESS_INTENSITY[intensity], "statement": _RAVDESS_STATEMENT[statement],
                "vocal_channel": _RAVDESS_CHANNEL[channel]}
-        items.append(_Item(path, path.relative_to(root).as_posix(), ravdess_split(int(actor)), row))
+        split = ravdess_split(int(actor), test_actors, validation_actors)
+        items.append(_Item(path, path.relative_to(root).as_posix(), split, row))
+    if test_actors or validation_actors:
+        empty = [s for s in SPLITS if not any(item.split == s for item in items)]
+        if empty:
+            found = sorted({int(item.row["speaker"][-2:]) for item in items})
+            raise ValueError(f"the {'/'.join(empty)} split would be empty: test actors {sorted(test_actors)}, "
+                             f"validation actors {sorted(validation_actors)}, actors found {found}")
     extra = {"intensity": Value("string"), "statement": Value("string"), "vocal_channel": Value("string")}
     return _build(items, problems, _features("ravdess", extra), desc="ravdess", skip_bad=skip_bad, report=report)
 
@@ -558,11 +562,7 @@ def make_synthetic(*, n_speakers: int = 20, per_class: int = 6, seed: int = 0) -
     ``label_names("synthetic")``, only neutral/happy/sad/angry used), plus ``gender``. Speaker-disjoint
     splits: ``synthetic_splits`` (20 speakers: 12 train, 4 validation, 4 test; 288, 96 and 96 clips).
 
-    Baseline (``baseline``: logistic regression on the mean and std of Whisper's log-mel; chance 0.25),
-    measured on the default corpus (20 speakers, 6 clips per class, seed 0; ``python prepare.py synthetic
-    data/synthetic``): validation UA 0.583, WA 0.583, macro-F1 0.582; test UA 0.594, WA 0.594, macro-F1 0.601.
-    Over generator seeds 0-5 the test UA ranges 0.55-0.68 (mean 0.61): which speakers are drawn matters,
-    less with four per split than with two (10 speakers x 12 clips: 0.51-0.71).
+    Its baseline, printed by ``python prepare.py synthetic OUT_DIR``, is ``train.baseline`` (BENCHMARKS.md).
     """
     splits = synthetic_splits(n_speakers)
     index = label_map("synthetic")
@@ -581,58 +581,19 @@ def make_synthetic(*, n_speakers: int = 20, per_class: int = 6, seed: int = 0) -
             "valence": vad[0], "arousal": vad[1], "dominance": vad[2], "speaker": speaker.name,
             "corpus": "synthetic", "duration": len(samples) / SAMPLE_RATE, "gender": speaker.gender,
         })
-    return DatasetDict({split: _finish(Dataset.from_list(rows[split], features=features)) for split in SPLITS})
-
-
-# --------------------------------------------------------------------------- baseline
-
-
-def decode(audio: dict) -> tuple[np.ndarray, int]:
-    """An ``Audio(decode=False)`` cell -> (mono samples float32 (n,), sample rate)."""
-    samples, rate = sf.read(io.BytesIO(audio["bytes"]), dtype="float32", always_2d=True)
-    return samples.mean(axis=1), rate
-
-
-def log_mel_stats(audio: dict) -> np.ndarray:
-    """Mean and std over time of Whisper's 80-bin log-mel of one clip (resampled to 16 kHz) -> (160,)."""
-    import whisper
-
-    samples, rate = decode(audio)
-    if rate != SAMPLE_RATE:
-        samples = resample_poly(samples, SAMPLE_RATE, rate).astype(np.float32)
-    mel = whisper.log_mel_spectrogram(samples).numpy()  # (80, frames)
-    return np.concatenate([mel.mean(axis=1), mel.std(axis=1)])
-
-
-def baseline(dsd: DatasetDict, seed: int = 0) -> dict:
-    """Logistic regression (standardised features) on ``log_mel_stats``, fit on train.
-
-    Returns {split: {"ua", "wa", "macro_f1", "n"}} for every other split: UA = balanced accuracy,
-    WA = accuracy.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    def xy(split: str) -> tuple[np.ndarray, np.ndarray]:
-        data = dsd[split].select_columns(["audio", "emotion"])
-        return np.stack([log_mel_stats(a) for a in data["audio"]]), np.array(data["emotion"])
-
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, random_state=seed))
-    model.fit(*xy("train"))
-    results = {}
-    for split in dsd:
-        if split == "train" or len(dsd[split]) == 0:
-            continue
-        x, y = xy(split)
-        pred = model.predict(x)
-        results[split] = {"ua": float(balanced_accuracy_score(y, pred)), "wa": float(accuracy_score(y, pred)),
-                          "macro_f1": float(f1_score(y, pred, average="macro")), "n": len(y)}
-    return results
+    return DatasetDict({split: Dataset.from_list(rows[split], features=features).cast_column("audio", AUDIO)
+                        for split in SPLITS})
 
 
 # --------------------------------------------------------------------------- command line
+
+
+def _actors(text: str) -> tuple[int, ...]:
+    """``"1,2,3"`` -> (1, 2, 3)."""
+    try:
+        return tuple(int(a) for a in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected actor numbers separated by commas, got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -643,6 +604,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the result to the Hub")
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave bad items out and list them in OUT_DIR.skipped.tsv")
+    parser.add_argument("--test-actors", type=_actors, default=(), metavar="1,2,3",
+                        help="RAVDESS: the test actors of a speaker-independent split (the rest train)")
+    parser.add_argument("--validation-actors", type=_actors, default=(), metavar="4,5",
+                        help="RAVDESS: its validation actors")
     parser.add_argument("--test-session", type=int, default=5, help="IEMOCAP's test session (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic: the generator's seed")
     parser.add_argument("--speakers", type=int, default=20, help="synthetic: number of speakers")
@@ -655,7 +620,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.corpus == "synthetic":
             dsd = make_synthetic(n_speakers=args.speakers, per_class=args.per_class, seed=args.seed)
         elif args.corpus == "ravdess":
-            dsd = prepare_ravdess(args.raw_dir, skip_bad=args.skip_bad, report=report)
+            dsd = prepare_ravdess(args.raw_dir, test_actors=args.test_actors,
+                                  validation_actors=args.validation_actors, skip_bad=args.skip_bad, report=report)
         elif args.corpus == "iemocap":
             dsd = prepare_iemocap(args.raw_dir, test_session=args.test_session, skip_bad=args.skip_bad,
                                   report=report)
@@ -669,11 +635,13 @@ def main(argv: list[str] | None = None) -> int:
     save(dsd, args.out_dir)
     if args.push_to_hub:
         dsd.push_to_hub(args.push_to_hub)
-    for split, data in dsd.items():
-        print(f"{split}: {len(data)} rows")
+    for split, rows in dsd.items():
+        print(f"{split}: {len(rows)} rows")
     if args.corpus == "synthetic":
-        print(f"baseline (logistic regression on mean+std Whisper log-mel, seed {args.seed}):")
-        for split, m in baseline(dsd, seed=args.seed).items():
+        import train  # the baseline is scored by the training module's probe and metrics
+
+        print(f"baseline ({train.BASELINE}):")
+        for split, m in train.baseline(dsd).items():
             print(f"  {split}: UA {m['ua']:.3f}  WA {m['wa']:.3f}  macro-F1 {m['macro_f1']:.3f}  (n={m['n']})")
     return 0
 

@@ -1,30 +1,36 @@
 """One training loop for both notebooks and the command line.
 
-    python train.py --data data/synthetic --whisper tiny --objective supervised --epochs 10
-    torchrun --nproc_per_node=4 train.py --data data/iemocap --four-class ...   # DistributedDataParallel
+    python train.py --data data/ravdess --whisper tiny.en                 # Config()'s defaults: python train.py --help
+    python train.py --data data/synthetic --objective supcon --epochs 6
+    torchrun --nproc_per_node=4 train.py --data data/iemocap --four-class  # DistributedDataParallel
 
-``fit(cfg)`` trains, evaluates on the validation split every epoch and on the test split at the
-end, and returns ``{"validation": {...}, "test": {...}}`` with UA (unweighted average recall),
-WA (accuracy), macro-F1, the confusion matrix and, where the corpus has valence/arousal/dominance,
-their concordance correlation coefficients. Contrastive objectives (SimCLR, SupCon) are judged by
-a linear probe on frozen embeddings (train -> validation/test). ``best.pt`` is chosen by
-validation UA only: the test split never takes part in model selection.
+``fit(cfg)`` trains, evaluates on the validation split every epoch and on the test split at the end, and
+returns ``{"validation": {...}, "test": {...}, ...}`` with UA (unweighted average recall), WA (accuracy),
+macro-F1, the confusion matrix and, where the corpus has valence/arousal/dominance, their concordance
+correlation coefficients. Contrastive objectives (SimCLR, SupCon) are judged by a linear probe on frozen
+embeddings (train -> validation/test). ``best.pt`` is chosen by validation UA only: the test split never
+takes part in model selection. The corpus's floor is ``baseline``: the same probe and metrics on log-mel
+statistics.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import os
 import random
 import time
-from collections.abc import Sequence
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -35,63 +41,82 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
+import checkpoint
 import data
 import losses
 import model as modellib
+from data import BACKENDS
+from labels import VAD
 
 OBJECTIVES = ("supervised", "simclr", "supcon")
-VAD_NAMES = ("valence", "arousal", "dominance")
+BASELINE = "logistic regression on the mean and std over time of the clip's log-mel"
+
+
+def option(default: object, help: str, choices: Sequence[str] | None = None) -> dataclasses.Field:
+    """A ``Config`` field: its default, the help line of its flag and, where there is a fixed set, its choices."""
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
 class Config:
-    """Everything a run depends on; saved as ``config.json`` in the run directory."""
+    """Everything a run depends on; saved as ``config.json`` in the run directory.
 
-    data: str | list[str] = "data/synthetic"  # save_to_disk path(s) or Hub id(s); a list combines corpora
-    whisper: str = "tiny"  # openai-whisper name, checkpoint path, or random:<name>
-    n_frames: int = 300  # mel frames per clip (100 per second)
-    objective: str = "supervised"  # supervised | simclr | supcon
-    vad_negatives: bool = False  # contrastive: VAD-aware negatives (losses.VadNegatives)
-    vad_threshold: float = 0.1  # VAD distance under which a pair is not a negative
-    vad_beta: float = 1.0  # hardness concentration of the negative reweighting
-    vad_alpha: float = 1.0  # power of the VAD distance in the negative weights
-    temperature: float = 0.1
-    freeze: str = "top:2"  # model.set_trainable policy: heads | all | top:N
-    four_class: bool = False  # neutral/happy(+excited)/sad/angry only
-    layers: str = "weighted"  # weighted: a learned mix of every encoder layer (model.LayerMix) | last
-    pooling: str = "mean"  # mean | attentive
-    proj_dim: int = 128
-    ce_weight: float = 1.0  # supervised: cross-entropy weight
-    vad_weight: float = 0.0  # supervised: VAD regression weight (> 0 adds the VAD head)
-    augment: bool = True
-    windows: bool = True  # evaluate whole utterances: mean over windows covering each (False: its centre crop)
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-4  # heads; peak of the warm-up + cosine schedule
-    encoder_lr: float | None = None  # trainable encoder blocks (None: same as lr)
-    weight_decay: float = 0.01
-    warmup: float = 0.1  # fraction of all steps spent warming up linearly
-    grad_clip: float = 1.0
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
-    backend: str = "auto"  # data loader: auto (DALI) | dali | torch
-    num_workers: int = 2
-    skip_nonfinite: bool = False  # skip (and count) batches whose loss is not finite instead of stopping
-    log_every: int = 0  # print a line every N steps (0: progress bar only)
-    seed: int = 0
-    device: str | None = None  # None: cuda if available (the local rank's GPU under torchrun), else cpu
-    run_dir: str = "runs/default"
-    resume: bool = False  # continue from run_dir/last.pt
-    init: str | None = None  # start the encoder from a saved EmotionModel (e.g. a contrastive best.pt)
+    The defaults are the supervised recipe that BENCHMARKS.md reports on real speech (RAVDESS,
+    speaker-independent folds, tiny.en); a notebook or command line overrides what its corpus needs.
+    """
+
+    data: str | list[str] = option("data/synthetic", "save_to_disk folder(s) or Hub id(s); several combine corpora")
+    whisper: str = option("tiny", "openai-whisper model name, checkpoint path, or random:<name> (untrained)")
+    n_frames: int = option(300, "mel frames per clip, 100 per second (Whisper's full context is 3000)")
+    objective: str = option("supervised", "training objective", OBJECTIVES)
+    vad_negatives: bool = option(False, "contrastive: valence/arousal/dominance-aware negatives (losses.VadNegatives)")
+    vad_threshold: float = option(0.1, "VAD-aware negatives: VAD distance under which a pair is not a negative")
+    vad_beta: float = option(1.0, "VAD-aware negatives: hardness concentration of the negative weights")
+    vad_alpha: float = option(1.0, "VAD-aware negatives: power of the VAD distance in the negative weights")
+    temperature: float = option(0.1, "contrastive: softmax temperature")
+    freeze: str = option("top:2", "what trains (model.set_trainable): heads | all | top:N (the last N encoder blocks)")
+    four_class: bool = option(False, "keep neutral / happy (+excited) / sad / angry only")
+    layers: str = option("weighted", "encoder output: a learned mix of every layer, or the last", modellib.LAYERS)
+    pooling: str = option("mean", "frames -> clip embedding", modellib.POOLINGS)
+    proj_dim: int = option(128, "contrastive projection width")
+    vad_weight: float = option(0.0, "supervised: weight of the VAD regression loss next to cross-entropy (> 0 adds "
+                                    "the VAD head)")
+    augment: bool = option(True, "training augmentations (data.Augment: crop, shift, speed, gain, noise, SpecAugment)")
+    windows: bool = option(True, "evaluate whole utterances: mean over windows covering each (off: its centre crop)")
+    epochs: int = option(10, "training epochs (0: evaluate the model as built, e.g. a probe on the frozen encoder)")
+    batch_size: int = option(32, "clips per step (over all processes: per process times their number)")
+    lr: float = option(1e-4, "peak learning rate of the heads, layer mix and pooling (warm-up, then cosine)")
+    encoder_lr: float | None = option(None, "peak learning rate of the trainable encoder blocks (none: lr)")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    warmup: float = option(0.1, "fraction of all steps spent warming up linearly")
+    grad_clip: float = option(1.0, "gradient norm clip (0: off)")
+    precision: str = option("auto", "auto: bf16 autocast on GPU, fp32 on CPU", modellib.PRECISIONS)
+    backend: str = option("auto", "data loader; auto: DALI where it runs, else torch", BACKENDS)
+    num_workers: int = option(2, "DALI threads or DataLoader processes")
+    skip_nonfinite: bool = option(False, "skip (and count) steps whose loss is not finite instead of stopping")
+    log_every: int = option(0, "print a line every N steps (0: progress bar only)")
+    seed: int = option(0, "initialisation, batch order and augmentation")
+    device: str | None = option(None, "cpu, cuda, cuda:1 ... (none: the local rank's GPU if there is one, else cpu)")
+    run_dir: str = option("runs/default", "where the run writes best.pt, last.pt, metrics and figures")
+    resume: bool = option(False, "continue from run_dir/last.pt")
+    init: str | None = option(None, "start the representation from a saved model (e.g. a contrastive best.pt)")
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        for f in dataclasses.fields(self):
+            choices, value = f.metadata["choices"], getattr(self, f.name)
+            if choices is not None and value not in choices:
+                raise ValueError(f"{f.name} must be one of {tuple(choices)}, got {value!r}")
 
     @property
     def contrastive(self) -> bool:
         return self.objective != "supervised"
+
+    @classmethod
+    def from_namespace(cls, namespace: Mapping[str, object], **fixed: object) -> Config:
+        """A Config of the fields that ``namespace`` (a notebook's ``globals()``: its parameters cell and what
+        papermill injected) defines, and ``fixed``; every other field keeps its default."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{k: v for k, v in namespace.items() if k in names}, **fixed})
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -125,7 +150,7 @@ def vad_metrics(vad_true: np.ndarray, vad_pred: np.ndarray) -> dict:
     keep = np.isfinite(vad_true).all(axis=1)
     if keep.sum() < 2:
         return {}
-    return {f"ccc_{name}": ccc(vad_true[keep, i], vad_pred[keep, i]) for i, name in enumerate(VAD_NAMES)}
+    return {f"ccc_{name}": ccc(vad_true[keep, i], vad_pred[keep, i]) for i, name in enumerate(VAD)}
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -150,11 +175,21 @@ def gather(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in arrays}
 
 
+def all_ranks(value: float, op: dist.ReduceOp.RedOpType, device: torch.device) -> float:
+    """``value`` reduced by ``op`` over every rank (MIN, MAX ...); itself in a single process."""
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=op)
+    return float(t.item())
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
 @torch.no_grad()
-def predict_split(net: modellib.EmotionModel, loader, device: torch.device, amp) -> dict[str, np.ndarray]:
+def predict_split(net: modellib.EmotionModel, loader: data.Loader, device: torch.device,
+                  amp=None) -> dict[str, np.ndarray]:
     """Run ``net`` over an evaluation loader, gathered over ranks. Arrays over the N rows of the split,
     sorted by row: ``index``, ``emotion``, ``vad`` [N, 3], ``probs`` [N, n_labels], ``vad_pred`` [N, 3] (NaN
     without a VAD head), ``embedding`` [N, D], ``windows`` [N]; a row scored on several windows
@@ -165,7 +200,7 @@ def predict_split(net: modellib.EmotionModel, loader, device: torch.device, amp)
     keys = ("index", "emotion", "vad", "probs", "vad_pred", "embedding")
     out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for batch in loader:
-        with amp:
+        with amp or nullcontext():
             y = net(batch["mel"].to(device))
         vad_pred = y["vad"] if y["vad"] is not None else torch.full_like(batch["vad"], math.nan)
         values = (batch["index"], batch["emotion"], batch["vad"], y["logits"].float().softmax(-1), vad_pred.float(),
@@ -195,18 +230,17 @@ def head_metrics(pred: dict[str, np.ndarray], n_classes: int) -> dict:
     return metrics
 
 
-def evaluate(net: modellib.EmotionModel, loaders: dict, names: tuple[str, ...], *, contrastive: bool,
-             device: torch.device, amp=None, seed: int = 0) -> tuple[dict[str, dict], Pipeline | None]:
+def evaluate(net: modellib.EmotionModel, loaders: dict[str, data.Loader], names: tuple[str, ...], *,
+             contrastive: bool, device: torch.device, amp=None, seed: int = 0
+             ) -> tuple[dict[str, dict], Pipeline | None]:
     """Metrics on each split in ``names``, and the linear probe they come from (None for the heads).
 
     A supervised model is scored by its own heads; a contrastive one by a linear probe fitted on
     ``loaders["train"]`` (an evaluation loader: no augmentation)."""
-    amp = amp or nullcontext()
     n_classes = len(net.config.labels)
     preds = {s: predict_split(net, loaders[s], device, amp) for s in names}
     if contrastive:
-        train_pred = predict_split(net, loaders["train"], device, amp)
-        return linear_probe(train_pred, preds, n_classes, seed)
+        return linear_probe(predict_split(net, loaders["train"], device, amp), preds, n_classes, seed)
     return {s: head_metrics(p, n_classes) for s, p in preds.items()}, None
 
 
@@ -259,7 +293,80 @@ def fold_probe(net: modellib.EmotionModel, probe: Pipeline) -> None:
         layer.bias.copy_(b)
 
 
-# ----------------------------------------------------------------------------- schedule and state
+def clip_statistics(encoded: bytes, name: str = "") -> np.ndarray:
+    """Mean and standard deviation over time of the log-mel (``data.log_mel``) of a whole clip -> [160]."""
+    mel = data.log_mel(torch.from_numpy(data.decode_audio(encoded, name=name))).numpy()  # [80, T]
+    return np.concatenate([mel.mean(axis=1), mel.std(axis=1)])
+
+
+def baseline(splits: Mapping[str, datasets.Dataset], seed: int = 0) -> dict[str, dict]:
+    """The corpus's floor: ``linear_probe`` on ``clip_statistics`` (``BASELINE``), fitted on ``splits["train"]``
+    and scored by the same metrics as trained models on every other non-empty split."""
+    def arrays(ds: datasets.Dataset) -> dict[str, np.ndarray]:
+        cells = ds.select_columns(["audio"])["audio"]
+        x = np.stack([clip_statistics(data.encoded_audio(c, f"row {i}"), f"row {i}") for i, c in enumerate(cells)])
+        return {"window_embedding": x, "window_row": np.arange(len(ds)), "emotion": np.array(ds["emotion"]),
+                "vad": np.stack([np.asarray(ds[c], dtype=np.float32) for c in VAD], axis=1)}
+
+    evals = {name: arrays(ds) for name, ds in splits.items() if name != "train" and len(ds)}
+    n_classes = len(splits["train"].features["emotion"].names)
+    return linear_probe(arrays(splits["train"]), evals, n_classes, seed)[0]
+
+
+# ----------------------------------------------------------------------------- the pieces of a run
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_loaders(cfg: Config, splits: dict[str, datasets.Dataset], device: torch.device, rank: int,
+                  world: int) -> tuple[data.Loader, dict[str, data.Loader]]:
+    """The training loader (augmented, two views for a contrastive objective) and an evaluation loader per
+    split; each rank reads its own shard."""
+    kw = dict(n_frames=cfg.n_frames, backend=cfg.backend, device=device, shard_id=rank, num_shards=world,
+              num_workers=cfg.num_workers)
+    train_loader = data.make_loader(splits["train"], batch_size=cfg.batch_size, train=True,
+                                    views=2 if cfg.contrastive else 1, augment=data.Augment() if cfg.augment else None,
+                                    seed=cfg.seed, **kw)
+    evals = {s: data.make_loader(ds, batch_size=cfg.batch_size, train=False, windows=cfg.windows, **kw)
+             for s, ds in splits.items()}
+    return train_loader, evals
+
+
+def build_model(cfg: Config, labels: list[str], device: torch.device) -> modellib.EmotionModel:
+    """The model of ``cfg`` on its Whisper encoder (or ``cfg.init``'s representation), frozen by ``cfg.freeze``.
+
+    Heads the objective never uses stay frozen (DDP needs every trainable parameter to get a gradient); a
+    contrastive run's classifier is its linear probe, written in by ``fold_probe``."""
+    net = checkpoint.from_whisper(cfg.whisper, n_frames=cfg.n_frames, labels=labels, layers=cfg.layers,
+                                  pooling=cfg.pooling, proj_dim=cfg.proj_dim, vad_head=cfg.vad_weight > 0,
+                                  device=device)
+    if cfg.init:
+        start = checkpoint.load_model(cfg.init, device=device)
+        for part in ("encoder", "mix", "pool"):  # the representation; the heads start afresh
+            src, dst = getattr(start, part), getattr(net, part)
+            if (src is None) != (dst is None):
+                raise ValueError(f"init {cfg.init}: its {part} is {type(src).__name__}, this run's is "
+                                 f"{type(dst).__name__} (match its layers/pooling: "
+                                 f"{start.config.layers}/{start.config.pooling})")
+            if dst is not None:
+                dst.load_state_dict(src.state_dict())
+    modellib.set_trainable(net, cfg.freeze)
+    for head in [net.classifier, net.vad] if cfg.contrastive else [net.projector]:
+        if head is not None:
+            head.requires_grad_(False)
+    return net
+
+
+def build_optimizer(cfg: Config, net: modellib.EmotionModel) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters: the encoder's at ``encoder_lr`` (default ``lr``), the rest at ``lr``."""
+    encoder = [p for p in net.encoder.parameters() if p.requires_grad]
+    rest = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
+    return torch.optim.AdamW([{"params": rest, "lr": cfg.lr}, {"params": encoder, "lr": cfg.encoder_lr or cfg.lr}],
+                             weight_decay=cfg.weight_decay)
 
 
 def lr_lambda(total_steps: int, warmup: float):
@@ -274,376 +381,226 @@ def lr_lambda(total_steps: int, warmup: float):
     return f
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def compute_loss(cfg: Config, net: torch.nn.Module, batch: dict[str, torch.Tensor],
+                 vad_negatives: losses.VadNegatives | None) -> torch.Tensor:
+    """The objective of ``cfg`` on one training batch: the one place where supervised, SimCLR and SupCon differ.
+
+    supervised: cross-entropy on the logits, plus ``vad_weight`` x MSE of the VAD head on the clips with VAD.
+    simclr / supcon: the contrastive loss of the projections of the batch's two views ``mel`` [B, 2, M, T]."""
+    mel, labels, vad = batch["mel"], batch["emotion"], batch["vad"]
+    if cfg.contrastive:
+        b, views = mel.shape[:2]
+        z = net(mel.flatten(0, 1))["projection"].float().view(b, views, -1)
+        if cfg.objective == "simclr":
+            return losses.nt_xent(z[:, 0], z[:, 1], cfg.temperature, vad=vad, vad_negatives=vad_negatives)
+        return losses.supcon(z, labels, cfg.temperature, vad=vad, vad_negatives=vad_negatives)
+    y = net(mel)
+    loss = F.cross_entropy(y["logits"].float(), labels)
+    has_vad = torch.isfinite(vad).all(dim=1)
+    if y["vad"] is not None and has_vad.any():
+        loss = loss + cfg.vad_weight * F.mse_loss(y["vad"].float()[has_vad], vad[has_vad])
+    return loss
 
 
-def init_from(net: modellib.EmotionModel, start: modellib.EmotionModel, name: str) -> None:
-    """Copy the representation (encoder, layer mix, pooling) of ``start`` into ``net``; the heads start afresh."""
-    for part in ("encoder", "mix", "pool"):
-        src, dst = getattr(start, part), getattr(net, part)
-        if (src is None) != (dst is None):
-            raise ValueError(f"init {name}: its {part} is {type(src).__name__}, this run's is {type(dst).__name__} "
-                             f"(match its layers/pooling: {start.config.layers}/{start.config.pooling})")
-        if dst is not None:
-            dst.load_state_dict(src.state_dict())
+def train_step(cfg: Config, net: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+               scheduler, vad_negatives: losses.VadNegatives | None, amp, step: int) -> float | None:
+    """One optimisation step; the loss, or None when ``cfg.skip_nonfinite`` skipped it.
+
+    Every rank takes the step or skips it together (a rank that skipped its backward alone would leave the
+    others waiting in the gradient all-reduce). A skipped step leaves the weights and the model's buffers
+    (``Standardize``'s running statistics) as they were before its forward pass."""
+    saved = [b.clone() for b in net.buffers()] if cfg.skip_nonfinite else []
+    with amp:
+        loss = compute_loss(cfg, net, batch, vad_negatives)
+    optimizer.zero_grad(set_to_none=True)
+    if not all_ranks(float(torch.isfinite(loss)), dist.ReduceOp.MIN, loss.device):
+        if not cfg.skip_nonfinite:
+            raise FloatingPointError(f"non-finite loss ({loss.item()} here) at step {step}; lower the learning rate, "
+                                     "or set skip_nonfinite=True to skip such steps")
+        with torch.no_grad():
+            for b, before in zip(net.buffers(), saved, strict=True):
+                b.copy_(before)
+        scheduler.step()
+        return None
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return loss.item()
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in ``last.pt`` after every epoch."""
+
+    epoch: int = 0  # epochs done
+    step: int = 0
+    best_ua: float = -1.0  # validation UA of best.pt
+    skipped: int = 0  # steps skipped for a non-finite loss
+    history: list[dict] = field(default_factory=list)  # one record per epoch
+
+    def end_epoch(self, losses: list[float], val: dict, seconds: float) -> dict:
+        """Count an epoch done and record its mean training loss and validation metrics."""
+        self.epoch += 1
+        self.history.append({"epoch": self.epoch, "step": self.step, "train_loss": sum(losses) / max(1, len(losses)),
+                             "skipped": self.skipped, "seconds": seconds,
+                             **{f"val_{k}": v for k, v in val.items() if k != "confusion"}})
+        return self.history[-1]
+
+
+def save_last(path: Path, net: torch.nn.Module, optimizer, scheduler, progress: Progress,
+              device: torch.device) -> None:
+    """Everything ``restore_last`` needs to continue the run exactly: weights, optimiser, schedule, RNG."""
+    checkpoint.atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                            "progress": json.dumps(dataclasses.asdict(progress))}, path)
+
+
+def restore_last(path: Path, net: torch.nn.Module, optimizer, scheduler, device: torch.device) -> Progress:
+    """Load what ``save_last`` wrote into the run's objects; returns where the run stood."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    net.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    return Progress(**json.loads(state["progress"]))
+
+
+class RunLog:
+    """What rank 0 writes into the run directory: ``config.json``, TensorBoard scalars, ``metrics.jsonl`` (a line
+    per epoch, then the final metrics), ``results.json``, and lines on stdout; on other ranks it does nothing."""
+
+    def __init__(self, cfg: Config, main: bool, progress: Progress):
+        self.main = main
+        if main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            run_dir = Path(cfg.run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            self.jsonl = open(run_dir / "metrics.jsonl", "a" if progress.epoch else "w")
+            self.results = run_dir / "results.json"
+            if cfg.resume:
+                print(f"resumed from {run_dir / 'last.pt'} at epoch {progress.epoch} (step {progress.step})"
+                      if progress.epoch else f"nothing to resume in {run_dir}: starting afresh")
+
+    def step(self, step: int, loss: float, lr: float, every: int, epoch: int) -> None:
+        if self.main:
+            self.writer.add_scalar("train/loss", loss, step)
+            self.writer.add_scalar("train/lr", lr, step)
+            if every and step % every == 0:
+                tqdm.write(f"step {step} epoch {epoch} loss {loss:.4f}")
+
+    def epoch(self, record: dict) -> None:
+        if self.main:
+            for k, v in record.items():
+                if isinstance(v, float):
+                    self.writer.add_scalar(f"epoch/{k}", v, record["epoch"])
+            self._line(record)
+            tqdm.write(f"epoch {record['epoch']}: loss {record['train_loss']:.4f}  val UA {record['val_ua']:.3f} "
+                       f"WA {record['val_wa']:.3f} F1 {record['val_macro_f1']:.3f}"
+                       + (f"  ({record['skipped']} skipped)" if record["skipped"] else ""))
+
+    def final(self, result: dict) -> None:
+        if self.main:
+            self._line({"final": {k: result[k] for k in ("validation", "test")}})
+            self.jsonl.close()
+            self.writer.close()
+            self.results.write_text(json.dumps(result, indent=2))
+            t = result["test"]
+            print(f"test: UA {t['ua']:.3f}  WA {t['wa']:.3f}  macro-F1 {t['macro_f1']:.3f}"
+                  + "".join(f"  CCC {n[4:]} {t[n]:.3f}" for n in t if n.startswith("ccc_")))
+
+    def _line(self, record: dict) -> None:
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
 
 
 # ----------------------------------------------------------------------------- the loop
 
 
 def fit(cfg: Config) -> dict:
-    """Train as ``cfg`` says; returns ``{"validation": metrics, "test": metrics, "history": [...]}``."""
+    """Train as ``cfg`` says; returns ``{"validation": metrics, "test": metrics, "history": [...], ...}``."""
     rank, world, local_rank = setup_distributed()
     main = rank == 0
-    if cfg.device:
-        device = torch.device(cfg.device)
-    else:
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = modellib.resolve_device(cfg.device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    run_dir = Path(cfg.run_dir)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    amp = modellib.autocast(device, cfg.precision)
     seed_everything(cfg.seed)
 
-    # data: every rank reads its own shard
     splits = {s: data.load_corpus(cfg.data, s, four_class=cfg.four_class) for s in ("train", "validation", "test")}
-    label_names = splits["train"].features["emotion"].names
-    views = 2 if cfg.contrastive else 1
-    loader_kw = dict(n_frames=cfg.n_frames, backend=cfg.backend, device=device,
-                     shard_id=rank, num_shards=world, num_workers=cfg.num_workers)
-    train_loader = data.make_loader(splits["train"], batch_size=cfg.batch_size, train=True, views=views,
-                                    augment=data.Augment() if cfg.augment else None, seed=cfg.seed, **loader_kw)
-    eval_loaders = {s: data.make_loader(ds, batch_size=cfg.batch_size, train=False, windows=cfg.windows, **loader_kw)
-                    for s, ds in splits.items()}
-
-    # model
-    net = modellib.EmotionModel.from_whisper(
-        cfg.whisper, n_frames=cfg.n_frames, labels=label_names, layers=cfg.layers, pooling=cfg.pooling,
-        proj_dim=cfg.proj_dim, vad_head=cfg.vad_weight > 0, device=device)
-    if cfg.init:
-        init_from(net, modellib.load_model(cfg.init, device=device), cfg.init)
-    modellib.set_trainable(net, cfg.freeze)
-    # Heads this objective never uses stay frozen (DDP requires every trainable parameter to get a gradient);
-    # a contrastive run's classifier is its linear probe, written in by fold_probe.
-    unused = [net.classifier, net.vad] if cfg.contrastive else [net.projector]
-    for head in unused:
-        if head is not None:
-            head.requires_grad_(False)
-    n_trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    encoder_params = [p for p in net.encoder.parameters() if p.requires_grad]
-    head_params = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
-    optimizer = torch.optim.AdamW(
-        [{"params": head_params, "lr": cfg.lr},
-         {"params": encoder_params, "lr": cfg.encoder_lr or cfg.lr}],
-        weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(train_loader)
-    if world > 1:  # DDP needs the same number of steps on every rank
-        n = torch.tensor(steps_per_epoch, device=device)
-        dist.all_reduce(n, op=dist.ReduceOp.MIN)
-        steps_per_epoch = int(n)
+    train_loader, eval_loaders = build_loaders(cfg, splits, device, rank, world)
+    net = build_model(cfg, splits["train"].features["emotion"].names, device)
+    optimizer = build_optimizer(cfg, net)
+    steps_per_epoch = int(all_ranks(len(train_loader), dist.ReduceOp.MIN, device))  # DDP: the same on every rank
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.epochs * steps_per_epoch, cfg.warmup))
     ddp = torch.nn.parallel.DistributedDataParallel(
         net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
-    eval_kw = dict(contrastive=cfg.contrastive, device=device, amp=amp, seed=cfg.seed)
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-
-    def save_best(val: dict, probe: Pipeline | None, epoch: int) -> None:
-        if probe is not None:
-            fold_probe(net, probe)
-        modellib.save_model(net, best_path, extra={"epoch": epoch, "seed": cfg.seed, "objective": cfg.objective,
-                                                   "val": val})
-
-    vad_neg = losses.VadNegatives(cfg.vad_threshold, cfg.vad_beta, cfg.vad_alpha) if cfg.vad_negatives else None
-
-    start_epoch, step, best_ua, history, skipped = 0, 0, -1.0, [], 0
-    if cfg.resume and last_path.exists():
-        state = torch.load(last_path, map_location=device, weights_only=True)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        start_epoch, step, best_ua, skipped = state["epoch"], state["step"], state["best_ua"], state["skipped"]
-        history = json.loads(state["history"])
-        if main:
-            print(f"resumed from {last_path} at epoch {start_epoch} (step {step})")
-    elif cfg.resume and main:
-        print(f"nothing to resume in {run_dir}: starting afresh")
-
-    writer = None
+    vad_negatives = losses.VadNegatives(cfg.vad_threshold, cfg.vad_beta, cfg.vad_alpha) if cfg.vad_negatives else None
+    last, best = Path(cfg.run_dir) / "last.pt", Path(cfg.run_dir) / "best.pt"
+    progress = Progress()
+    if cfg.resume and last.exists():
+        progress = restore_last(last, net, optimizer, scheduler, device)
+    log = RunLog(cfg, main, progress)
     if main:
-        from torch.utils.tensorboard import SummaryWriter
+        print(f"{cfg.objective} on {cfg.data}: {len(splits['train'])} train clips, {len(net.config.labels)} labels, "
+              f"{sum(p.numel() for p in net.parameters() if p.requires_grad):,} trainable parameters, "
+              f"{world} process(es) on {device}")
 
-        writer = SummaryWriter(str(run_dir / "tensorboard"))
-        print(f"{cfg.objective} on {cfg.data}: {len(splits['train'])} train clips, {len(label_names)} labels, "
-              f"{n_trainable:,} trainable parameters, {world} process(es) on {device}")
-    log_file = open(run_dir / "metrics.jsonl", "a" if start_epoch else "w") if main else None
+    def evaluate_and_save(epoch: int) -> dict:
+        """Validation metrics; ``best.pt`` when they are the best yet (rank 0 writes, every rank agrees)."""
+        if world > 1:  # each rank's last step left its own buffers (Standardize's statistics): use rank 0's
+            for buffer in net.buffers():
+                dist.broadcast(buffer, 0)
+        val, probe = evaluate(net, eval_loaders, ("validation",), contrastive=cfg.contrastive, device=device,
+                              amp=amp, seed=cfg.seed)
+        if val["validation"]["ua"] > progress.best_ua or cfg.epochs == 0:
+            progress.best_ua = val["validation"]["ua"]
+            if probe is not None:
+                fold_probe(net, probe)
+            if main:
+                checkpoint.save_model(net, best, extra={"epoch": epoch, "seed": cfg.seed, "objective": cfg.objective,
+                                                        "val": val["validation"]})
+        return val["validation"]
 
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(progress.epoch, cfg.epochs):
         train_loader.set_epoch(epoch)
         ddp.train()
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not main, leave=False)
-        t0, seen, loss_sum = time.perf_counter(), 0, 0.0
-        for i, batch in enumerate(train_loader):
-            if i == steps_per_epoch:
-                break
-            mel, labels, vad = batch["mel"].to(device), batch["emotion"].to(device), batch["vad"].to(device)
-            with amp:
-                if cfg.contrastive:
-                    b = mel.shape[0]
-                    z = ddp(mel.flatten(0, 1))["projection"].float().view(b, views, -1)
-                    if cfg.objective == "simclr":
-                        loss = losses.nt_xent(z[:, 0], z[:, 1], cfg.temperature, vad=vad, vad_negatives=vad_neg)
-                    else:
-                        loss = losses.supcon(z, labels, cfg.temperature, vad=vad, vad_negatives=vad_neg)
-                else:
-                    y = ddp(mel)
-                    loss = cfg.ce_weight * F.cross_entropy(y["logits"].float(), labels)
-                    has_vad = torch.isfinite(vad).all(dim=1)
-                    if y["vad"] is not None and has_vad.any():
-                        loss = loss + cfg.vad_weight * F.mse_loss(y["vad"].float()[has_vad], vad[has_vad])
-            if not torch.isfinite(loss):
-                if not cfg.skip_nonfinite:
-                    raise FloatingPointError(
-                        f"non-finite loss ({loss.item()}) at step {step} (epoch {epoch + 1}, batch {i}); "
-                        "lower the learning rate, or set skip_nonfinite=True to skip such batches")
-                skipped += 1
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                step += 1
+        t0, seen, losses_seen = time.perf_counter(), 0, []
+        bar = tqdm(itertools.islice(train_loader, steps_per_epoch), total=steps_per_epoch,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not main, leave=False)
+        for batch in bar:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = train_step(cfg, ddp, batch, optimizer, scheduler, vad_negatives, amp, progress.step)
+            progress.step += 1
+            if loss is None:
+                progress.skipped += 1
                 continue
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
-                                               cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            seen += mel.shape[0] * world
-            loss_sum += loss.item()
-            bar.set_postfix(loss=f"{loss.item():.4f}", clips_s=f"{seen / (time.perf_counter() - t0):.1f}")
-            bar.update()
-            if main:
-                writer.add_scalar("train/loss", loss.item(), step)
-                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-                if cfg.log_every and step % cfg.log_every == 0:
-                    tqdm.write(f"step {step} epoch {epoch + 1} loss {loss.item():.4f}")
-        bar.close()
-        if world > 1:  # DDP syncs buffers before a forward, so each rank's last step left its own statistics
-            for buffer in net.buffers():  # (model.Standardize's); evaluate and save rank 0's everywhere
-                dist.broadcast(buffer, 0)
-
-        val, probe = evaluate(net, eval_loaders, ("validation",), **eval_kw)
-        val = val["validation"]
-        record = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(1, steps_per_epoch),
-                  "skipped": skipped, "seconds": time.perf_counter() - t0,
-                  **{f"val_{k}": v for k, v in val.items() if k != "confusion"}}
-        history.append(record)
+            losses_seen.append(loss)
+            seen += len(batch["mel"]) * world
+            bar.set_postfix(loss=f"{loss:.4f}", clips_s=f"{seen / (time.perf_counter() - t0):.1f}")
+            log.step(progress.step, loss, scheduler.get_last_lr()[0], cfg.log_every, epoch + 1)
+        val = evaluate_and_save(epoch + 1)
+        log.epoch(progress.end_epoch(losses_seen, val, time.perf_counter() - t0))
         if main:
-            for k, v in record.items():
-                if isinstance(v, float):
-                    writer.add_scalar(f"epoch/{k}", v, epoch + 1)
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-            if val["ua"] > best_ua:
-                best_ua = val["ua"]
-                save_best(val, probe, epoch + 1)
-            modellib.atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                  "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                                  "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                                  "epoch": epoch + 1, "step": step, "best_ua": best_ua, "skipped": skipped,
-                                  "history": json.dumps(history)}, last_path)
-            tqdm.write(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}  val UA {val['ua']:.3f} "
-                       f"WA {val['wa']:.3f} F1 {val['macro_f1']:.3f}" + (f"  ({skipped} skipped)" if skipped else ""))
-        if world > 1:
-            best_ua = _broadcast(best_ua)
+            save_last(last, net, optimizer, scheduler, progress, device)
+    if cfg.epochs == 0:  # nothing to train (e.g. the linear probe before contrastive training): as built
+        evaluate_and_save(0)
 
-    if cfg.epochs == 0:  # nothing to train (e.g. the linear probe before contrastive training): as loaded
-        val, probe = evaluate(net, eval_loaders, ("validation",), **eval_kw)
-        if main:
-            save_best(val["validation"], probe, 0)
-
-    # final evaluation of the best checkpoint (by validation UA) on validation and test
     if world > 1:
-        dist.barrier()
-    net.load_state_dict(modellib.load_model(best_path, device=device).state_dict())
-    final, _ = evaluate(net, eval_loaders, ("validation", "test"), **eval_kw)
-    result = {"validation": final["validation"], "test": final["test"], "history": history,
-              "skipped": skipped, "seed": cfg.seed}
-    if main:
-        log_file.write(json.dumps({"final": {k: final[k] for k in ("validation", "test")}}) + "\n")
-        log_file.close()
-        writer.close()
-        (run_dir / "results.json").write_text(json.dumps(result, indent=2))
-        t = final["test"]
-        print(f"test: UA {t['ua']:.3f}  WA {t['wa']:.3f}  macro-F1 {t['macro_f1']:.3f}"
-              + "".join(f"  CCC {n[4:]} {t[n]:.3f}" for n in t if n.startswith("ccc_")))
+        dist.barrier()  # best.pt is written
+    net.load_state_dict(checkpoint.load_model(best, device=device).state_dict())
+    final, _ = evaluate(net, eval_loaders, ("validation", "test"), contrastive=cfg.contrastive, device=device,
+                        amp=amp, seed=cfg.seed)
+    result = {**final, "history": progress.history, "skipped": progress.skipped, "seed": cfg.seed}
+    log.final(result)
     return result
-
-
-def _broadcast(value: float) -> float:
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.broadcast(t, src=0)
-    return float(t.item())
-
-
-# ----------------------------------------------------------------------------- figures
-
-
-def embed(cfg: Config, split: str, checkpoint: str = "best.pt") -> dict[str, np.ndarray]:
-    """``predict_split`` arrays (embeddings, probabilities, labels, VAD) of ``split`` for a finished run."""
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    net = modellib.load_model(Path(cfg.run_dir) / checkpoint, device=device)
-    ds = data.load_corpus(cfg.data, split, four_class=cfg.four_class)
-    loader = data.make_loader(ds, batch_size=cfg.batch_size, train=False, windows=cfg.windows, n_frames=cfg.n_frames,
-                              backend=cfg.backend, device=device, num_workers=cfg.num_workers)
-    return predict_split(net, loader, device, nullcontext())
-
-
-def _save(fig, path: str | Path | None):
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-    return fig
-
-
-def plot_history(history: list[dict] | dict[str, list[dict]], path: str | Path | None = None):
-    """Training loss and validation UA/WA/macro-F1 per epoch, of one run's ``history`` or of several
-    runs (name -> history) overlaid: a colour per run, a line style per metric."""
-    import matplotlib.pyplot as plt
-
-    runs = history if isinstance(history, dict) else {"": history}
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
-    for (name, hist), color in zip(runs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False):
-        epochs = [h["epoch"] for h in hist]
-        ax1.plot(epochs, [h["train_loss"] for h in hist], marker="o", color=color, label=name or None)
-        for key, style in (("val_ua", "-"), ("val_wa", "--"), ("val_macro_f1", ":")):
-            metric = key[4:].upper().replace("MACRO_", "macro-")
-            ax2.plot(epochs, [h[key] for h in hist], style, marker="o", color=color,
-                     label=f"{name} {metric}".strip())
-    ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
-    ax2.set(xlabel="epoch", ylabel="validation", title="validation metrics", ylim=(0, 1))
-    if len(runs) > 1:
-        ax1.legend(fontsize=8)
-    ax2.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_layer_weights(net: modellib.EmotionModel, title: str = "layer weights", path: str | Path | None = None):
-    """The softmax weights of the model's ``LayerMix``: which encoder layers its embedding draws on."""
-    import matplotlib.pyplot as plt
-
-    if net.mix is None:
-        raise ValueError("this model uses the last encoder layer only (layers='last'): there are no layer weights")
-    weights = torch.softmax(net.mix.weight.detach().float().cpu(), dim=0).numpy()
-    fig, ax = plt.subplots(figsize=(1 + 0.5 * len(weights), 3))
-    ax.bar(range(len(weights)), weights)
-    ax.axhline(1 / len(weights), color="grey", linestyle=":", label="uniform")
-    ax.set(xticks=range(len(weights)), xticklabels=["input", *range(1, len(weights))], xlabel="encoder layer",
-           ylabel="weight", title=title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_confusion(confusion: list[list[int]], label_names: list[str], title: str = "confusion",
-                   path: str | Path | None = None):
-    """Row-normalised confusion matrix over the classes that occur (rows: true, columns: predicted)."""
-    import matplotlib.pyplot as plt
-
-    cm = np.asarray(confusion, dtype=float)
-    used = np.flatnonzero(cm.sum(0) + cm.sum(1))
-    cm = cm[np.ix_(used, used)]
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    names = [label_names[i] for i in used]
-    fig, ax = plt.subplots(figsize=(1.1 * len(used) + 2, 1.1 * len(used) + 1))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for (i, j), v in np.ndenumerate(norm):
-        ax.text(j, i, f"{v:.2f}\n({int(cm[i, j])})", ha="center", va="center",
-                color="white" if v > 0.5 else "black", fontsize=8)
-    ax.set(xticks=range(len(used)), yticks=range(len(used)), xticklabels=names, yticklabels=names,
-           xlabel="predicted", ylabel="true", title=title)
-    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_embeddings(pred: dict[str, np.ndarray], label_names: list[str], method: str = "pca",
-                    title: str = "test embeddings", path: str | Path | None = None):
-    """2-D projection (PCA or t-SNE) of pooled embeddings, coloured by emotion and by arousal."""
-    import matplotlib.pyplot as plt
-    from sklearn.decomposition import PCA
-    from sklearn.manifold import TSNE
-
-    x = StandardScaler().fit_transform(pred["embedding"])
-    if method == "tsne":
-        xy = TSNE(n_components=2, perplexity=min(30, len(x) - 1), random_state=0).fit_transform(x)
-    else:
-        xy = PCA(n_components=2, random_state=0).fit_transform(x)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for c in np.unique(pred["emotion"]):
-        m = pred["emotion"] == c
-        ax1.scatter(xy[m, 0], xy[m, 1], s=12, label=label_names[c])
-    ax1.legend(fontsize=8)
-    ax1.set(title=f"{title}: emotion ({method.upper()})")
-    arousal = pred["vad"][:, 1]
-    if np.isfinite(arousal).any():
-        sc = ax2.scatter(xy[:, 0], xy[:, 1], s=12, c=arousal, cmap="viridis")
-        fig.colorbar(sc, ax=ax2, label="arousal (0-1)")
-    else:
-        ax2.text(0.5, 0.5, "no arousal ratings in this corpus", ha="center", transform=ax2.transAxes)
-    ax2.set(title=f"{title}: arousal ({method.upper()})")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def corpus_table(splits: dict):
-    """Clips per emotion (rows) and split (columns), with speaker counts and hours, as a DataFrame."""
-    import pandas as pd
-
-    table = {}
-    for name, ds in splits.items():
-        names = ds.features["emotion"].names
-        counts = pd.Series(ds["emotion"]).map(lambda i, names=names: names[i]).value_counts()
-        counts["speakers"] = len(set(ds["speaker"]))
-        counts["hours"] = round(float(np.sum(ds["duration"])) / 3600, 2)
-        table[name] = counts
-    return pd.DataFrame(table).fillna(0)
-
-
-def metrics_table(results: dict[str, dict]):
-    """A pandas DataFrame of scalar metrics, one row per split (or run)."""
-    import pandas as pd
-
-    return pd.DataFrame({name: {k: v for k, v in m.items() if not isinstance(v, list)}
-                         for name, m in results.items()}).T
-
-
-def runs_table(run_dirs: Sequence[str | Path], split: str = "test"):
-    """``split`` metrics of finished runs (their ``results.json``), one row per run, then the mean and
-    standard deviation over the runs: the table of a cross-validation such as IEMOCAP's
-    leave-one-session-out (one run per test session)."""
-    import pandas as pd
-
-    results = {}
-    for run_dir in map(Path, run_dirs):
-        path = run_dir / "results.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: is {run_dir} a finished run?")
-        results[run_dir.name] = json.loads(path.read_text())[split]
-    table = metrics_table(results)
-    stats = table.drop(columns="n").agg(["mean", "std"])
-    return pd.concat([table, stats])
 
 
 def contrastive_configs(cfg: Config, vad_negatives: Sequence[bool] = (False, True)) -> dict[str, Config]:
@@ -660,21 +617,37 @@ def contrastive_configs(cfg: Config, vad_negatives: Sequence[bool] = (False, Tru
 # ----------------------------------------------------------------------------- command line
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and each flag's default after its help."""
+
+
+def _flag(annotation: object) -> dict:
+    """argparse keywords for a field of type ``annotation``: ``X | None`` takes "none", a list takes several."""
+    args = typing.get_args(annotation)
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kinds = [a for a in args if a is not type(None)]
+        many = [a for a in kinds if typing.get_origin(a) is list]
+        if many:
+            return {"nargs": "+", "type": typing.get_args(many[0])[0]}
+        kind = kinds[0]
+        if type(None) in args:
+            return {"type": lambda text: None if text.lower() == "none" else kind(text)}
+        return {"type": kind}
+    return {"type": annotation}
+
+
 def parse_args(argv: list[str] | None = None) -> Config:
-    """A flag per ``Config`` field (``--four-class``, ``--no-augment``, ``--data a b`` ...)."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    types = {"int": int, "float": float, "float | None": float, "str": str, "str | None": str}
+    """A flag per ``Config`` field (``--four-class``, ``--no-augment``, ``--data a b`` ...), its help, choices and
+    default taken from the field."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    hints = typing.get_type_hints(Config)
     for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        elif f.type == "str | list[str]":
-            parser.add_argument(flag, nargs="+", default=[f.default], help="one or more corpora")
-        else:
-            parser.add_argument(flag, type=types[f.type], default=f.default)
+        parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=f.metadata["help"],
+                            choices=f.metadata["choices"], **_flag(hints[f.name]))
     args = vars(parser.parse_args(argv))
-    if len(args["data"]) == 1:
+    if isinstance(args["data"], list) and len(args["data"]) == 1:
         args["data"] = args["data"][0]
     return Config(**args)
 

@@ -27,6 +27,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
+import checkpoint  # noqa: E402
 import model as modellib  # noqa: E402
 from bench.common import record  # noqa: E402
 
@@ -54,7 +55,7 @@ def saved_bytes(encoder: modellib.Encoder, mel: torch.Tensor, device: torch.devi
 def measure(name: str, n_frames: int, batch: int, repeats: int, device: torch.device) -> dict[str, float]:
     """Seconds per fwd+bwd step, saved activation bytes and (CUDA) peak bytes above the baseline."""
     torch.manual_seed(0)
-    encoder = modellib.load_encoder(f"random:{name}", n_frames=n_frames, device=device).train()
+    encoder = checkpoint.load_encoder(f"random:{name}", n_frames=n_frames, device=device).train()
     mel = torch.randn(batch, encoder.dims.n_mels, n_frames, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -89,7 +90,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8 if cuda else 2, help="clips per step, both lengths")
     parser.add_argument("--repeats", type=int, default=5 if cuda else 3, help="timed steps (median)")
     args = parser.parse_args()
-    device = torch.device("cuda" if cuda else "cpu")
+    device = modellib.resolve_device()
     precision = "bf16 autocast" if cuda else "fp32"
     print(f"device {device} ({precision}), batch {args.batch}, {args.repeats} timed steps after 1 warm-up, "
           f"{torch.get_num_threads()} threads")

@@ -24,25 +24,26 @@ import datasets  # noqa: E402
 import torch  # noqa: E402
 
 import data  # noqa: E402
+import model as modellib  # noqa: E402
 import prepare  # noqa: E402
 from bench.common import record  # noqa: E402
 
 BATCH, VIEWS, N_FRAMES = 64, 2, 300
 
 
-def throughput(ds: datasets.Dataset, backend: str, workers: int, epochs: int, device: str) -> float:
+def throughput(ds: datasets.Dataset, backend: str, workers: int, epochs: int, device: torch.device) -> float:
     """Clips per second over ``epochs`` epochs, after one untimed epoch."""
     loader = data.make_loader(ds, batch_size=BATCH, train=True, views=VIEWS, n_frames=N_FRAMES,
                               augment=data.Augment(), backend=backend, device=device, num_workers=workers)
     for _ in loader:
         pass
-    if device == "cuda":
+    if device.type == "cuda":
         torch.cuda.synchronize()
     clips, start = 0, time.perf_counter()
     for _ in range(epochs):
         for batch in loader:
             clips += len(batch["index"])
-    if device == "cuda":
+    if device.type == "cuda":
         torch.cuda.synchronize()
     return clips / (time.perf_counter() - start)
 
@@ -55,7 +56,7 @@ def main() -> None:
     parser.add_argument("--speakers", type=int, default=6)
     parser.add_argument("--per-class", type=int, default=12)
     args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = modellib.resolve_device()
 
     corpus = prepare.make_synthetic(n_speakers=args.speakers, per_class=args.per_class, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,7 +69,7 @@ def main() -> None:
                 f"{N_FRAMES // 100} s crops, all augmentations, {args.workers} workers, device {device}")
     print(f"DALI {speed['dali']:.0f} clips/s, PyTorch {speed['torch']:.0f} clips/s: "
           f"DALI/PyTorch = {ratio:.2f}x ({settings})")
-    if device == "cuda":
+    if device.type == "cuda":
         print(f"DALI keeps a training step fed if the step consumes at most {speed['dali']:.0f} clips/s: "
               "compare with the clips/s of a whisper-small training step on this GPU (bench/encoder.py).")
     record("Data loader", {

@@ -1,15 +1,19 @@
-"""Shared fixtures: a small synthetic corpus on disk and the real Whisper checkpoint."""
+"""Shared fixtures and helpers: a small synthetic corpus on disk, the real Whisper checkpoint, a random model."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from model import DIMS, EmotionModel, ModelConfig  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +33,15 @@ def whisper_checkpoint() -> Path:
     if not path or not Path(path).is_file():
         pytest.skip("real Whisper weights not available: set WHISPER_CHECKPOINT to tiny.en.pt")
     return Path(path)
+
+
+LABELS = ["neutral", "happy", "sad", "angry"]
+
+
+def random_model(pooling: str = "attentive", vad_head: bool = True, n_frames: int = 100, layers: str = "weighted",
+                 labels: list[str] = LABELS) -> EmotionModel:
+    """An ``EmotionModel`` on an untrained tiny encoder (seed 0), on the CPU."""
+    torch.manual_seed(0)
+    dims = dataclasses.replace(DIMS["tiny"], n_audio_ctx=n_frames // 2)
+    return EmotionModel(ModelConfig(whisper="random:tiny", dims=dims, labels=labels, n_frames=n_frames,
+                                    pooling=pooling, layers=layers, vad_head=vad_head))

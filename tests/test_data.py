@@ -7,7 +7,6 @@ import dataclasses
 import io
 
 import datasets
-import matplotlib
 import numpy as np
 import pytest
 import soundfile as sf
@@ -17,7 +16,6 @@ import whisper
 import data
 from labels import FOUR_CLASS, label_names, merge_label_names
 
-matplotlib.use("Agg")
 BACKENDS = ("dali", "torch")
 N_FRAMES = 100  # 1 s crops keep the tests fast
 RNG = np.random.default_rng(0)
@@ -353,7 +351,12 @@ def test_synthetic_corpus_from_disk(synthetic_dir):
     assert sorted(sum(rows(ld), [])) == list(range(len(ds)))
 
 
-def test_plot_batch(small):
-    batch = next(iter(loader(small, "torch", views=2, train=True, augment=data.Augment())))
-    fig = data.plot_batch(batch, FOUR_CLASS, n=2)
-    assert len(fig.axes) == 4 and FOUR_CLASS[int(batch["emotion"][0])] in fig.axes[0].get_title()
+def test_auto_backend_is_dali_where_it_runs_and_says_so(small, capsys):
+    data.choose_backend.cache_clear()
+    assert data.dali_problem(torch.device("cpu")) is None  # nvidia-dali is a requirement: it runs here
+    assert isinstance(data.make_loader(small, batch_size=4, train=False, n_frames=N_FRAMES), data.DaliLoader)
+    assert "data loader: DALI on cpu" in capsys.readouterr().err
+    problem = data.dali_problem(torch.device("cuda", 7))  # no such GPU here (nor, in CI, any)
+    assert problem is not None and problem.split(":")[0].endswith(("Error", "Exception"))
+    with pytest.raises(ValueError, match="unknown backend 'jax'"):
+        data.make_loader(small, batch_size=4, train=False, backend="jax")

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 
 import nbformat
 import pytest
 
 import demo
+import train
 
-TINY = {"epochs": 1, "n_frames": 100, "batch_size": 16, "num_workers": 0, "freeze": "top:1", "finetune_epochs": 1}
+TINY = {"epochs": 1, "n_frames": 100, "batch_size": 16, "num_workers": 0, "freeze": "top:1", "finetune_epochs": 1,
+        "vad_weight": 0.5}
 
 
 @pytest.mark.parametrize("name", demo.NOTEBOOKS)
@@ -24,6 +27,27 @@ def test_notebooks_are_committed_thin_and_without_outputs(name):
     assert not defined, f"logic belongs in the modules, not the notebook: {defined}"
 
 
+@pytest.mark.parametrize("name", demo.NOTEBOOKS)
+def test_parameters_differ_from_config_only_with_a_reason(name):
+    """A parameter that sets a Config field to another value than its default says why on its line."""
+    cell = nbformat.read(demo.ROOT / f"{name}.ipynb", as_version=4).cells[1]
+    defaults = {f.name: f.default for f in dataclasses.fields(train.Config)}
+    lines = cell.source.splitlines()
+    for node in ast.parse(cell.source).body:
+        assert isinstance(node, ast.Assign), f"the parameters cell holds assignments only: {ast.unparse(node)}"
+        target = node.targets[0].id
+        if target in defaults and ast.literal_eval(node.value) != defaults[target]:
+            assert "#" in lines[node.lineno - 1], f"{name}: {target} differs from train.Config without a comment"
+
+
+def test_demo_settings_are_config_fields():
+    fields = {f.name for f in dataclasses.fields(train.Config)}
+    for name, settings in demo.SYNTHETIC_SETTINGS.items():
+        assert set(settings) <= fields, name
+        train.Config(**settings)  # and valid values
+
+
+@pytest.mark.e2e
 def test_demo_executes_both_notebooks(synthetic_dir, tmp_path):
     out = tmp_path / "demo"
     summary = demo.run(out, data=str(synthetic_dir), whisper="random:tiny", overrides=TINY)
@@ -52,16 +76,8 @@ def test_demo_executes_both_notebooks(synthetic_dir, tmp_path):
         assert (out / "contrastive" / figure).stat().st_size > 0
     rows = [line.split("|")[1].strip() for line in summary.splitlines()[2:]]
     assert rows == ["supervised fine-tuning", "linear probe, no contrastive training", "linear probe after supcon",
-                    "linear probe after supcon with VAD-aware negatives", "fine-tuning after contrastive pre-training"]
+                    "linear probe after supcon with VAD-aware negatives", "fine-tuning after contrastive pre-training",
+                    f"baseline: {train.BASELINE}"]
     finetune = json.loads((out / "contrastive" / "finetune" / "config.json").read_text())
     assert finetune["objective"] == "supervised" and finetune["init"].endswith("/best.pt")
     assert (out / "summary.md").read_text().strip() == summary
-
-
-def test_summary_table_gives_mean_and_std_over_seeds():
-    runs = {"supervised fine-tuning": [{"validation": {"ua": u}, "test": {"ua": u, "wa": 0.5, "macro_f1": 0.25}}
-                                       for u in (0.6, 0.7, 0.8)],
-            "one run": [{"validation": {"ua": 0.5}, "test": {"ua": 0.5, "wa": 0.5, "macro_f1": 0.5}}]}
-    lines = demo.table(runs).splitlines()
-    assert lines[2] == "| supervised fine-tuning | 0.700 ± 0.100 | 0.700 ± 0.100 | 0.500 ± 0.000 | 0.250 ± 0.000 |"
-    assert lines[3] == "| one run | 0.500 | 0.500 | 0.500 | 0.500 |"

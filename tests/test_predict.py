@@ -7,32 +7,29 @@ import csv
 import io
 import itertools
 import json
-import os
-import subprocess
-import sys
+from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import random_model
 
+import checkpoint as checkpoints
 import data
 import predict
-import train
+from labels import VAD, label_names
 
-ROOT = train.Path(__file__).resolve().parents[1]
 N_FRAMES = 100  # a 1 s context keeps training fast; windows are then 1 s, hop 0.5 s
 
 
 @pytest.fixture(scope="module")
-def checkpoint(synthetic_dir, tmp_path_factory) -> train.Path:
-    """best.pt of one short supervised epoch (with the VAD head) on the synthetic corpus."""
-    run_dir = tmp_path_factory.mktemp("predict_run")
-    train.fit(train.Config(data=str(synthetic_dir), whisper="random:tiny", n_frames=N_FRAMES, epochs=1,
-                           batch_size=16, lr=1e-3, freeze="top:1", vad_weight=1.0, num_workers=0,
-                           device="cpu", run_dir=str(run_dir)))
-    return run_dir / "best.pt"
+def checkpoint(tmp_path_factory) -> Path:
+    """A saved model (random tiny encoder, mean pooling, VAD head) over the synthetic corpus's labels."""
+    path = tmp_path_factory.mktemp("predict_run") / "best.pt"
+    checkpoints.save_model(random_model(pooling="mean", n_frames=N_FRAMES, labels=label_names("synthetic")), path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +46,7 @@ def speech(synthetic_dir) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def audio_dir(speech, tmp_path_factory) -> train.Path:
+def audio_dir(speech, tmp_path_factory) -> Path:
     """Good files: 16 and 48 kHz, mono and stereo, shorter and longer than the 1 s context, in a tree."""
     root = tmp_path_factory.mktemp("audio")
     (root / "sub").mkdir()
@@ -69,10 +66,15 @@ def _resample(x: np.ndarray, factor: int) -> np.ndarray:
     return scipy.signal.resample_poly(x, factor, 1).astype(np.float32)
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "predict.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, check=False)
+@pytest.fixture
+def run_cli(capsys):
+    """predict.py's command line, in process: ``run_cli(*args)`` -> (exit status, stdout, stderr)."""
+    def run(*args: str) -> tuple[int, str, str]:
+        status = predict.main(list(args))
+        out = capsys.readouterr()
+        return status, out.out, out.err
+
+    return run
 
 
 def test_window_starts_cover_every_sample():
@@ -101,7 +103,7 @@ def test_long_file_windows_cover_it_and_average(predictor, audio_dir):
     assert [pred.probabilities[k] for k in predictor.labels] == pytest.approx(mean.tolist(), abs=1e-6)
     assert sum(pred.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     assert pred.label == max(pred.probabilities, key=pred.probabilities.get)
-    assert set(pred.vad) == set(predict.VAD_NAMES)
+    assert set(pred.vad) == set(VAD)
     assert pred.vad["arousal"] == pytest.approx(np.mean([w.vad["arousal"] for w in pred.windows]), abs=1e-6)
     assert pred.embedding.shape == (predictor.net.config.dims.n_audio_state,)
 
@@ -130,11 +132,11 @@ def test_sample_rate_and_channels(predictor, audio_dir, speech):
         predictor.predict(speech)
 
 
-def test_cli_json_agrees_with_the_api(predictor, checkpoint, audio_dir):
-    proc = run_cli("--checkpoint", str(checkpoint), "--format", "json", "--per-window", "--batch-size", "3",
-                   "--device", "cpu", str(audio_dir))
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
+def test_cli_json_agrees_with_the_api(predictor, checkpoint, audio_dir, run_cli):
+    status, stdout, stderr = run_cli("--checkpoint", str(checkpoint), "--format", "json", "--per-window",
+                                     "--batch-size", "3", "--device", "cpu", str(audio_dir))
+    assert status == 0, stderr
+    out = json.loads(stdout)
     files = sorted(p for p in audio_dir.rglob("*") if p.suffix in (".wav", ".flac", ".ogg"))
     assert [r["file"] for r in out] == [str(p) for p in files]  # notes.txt is not audio
     for row, path in zip(out, files, strict=True):
@@ -145,7 +147,7 @@ def test_cli_json_agrees_with_the_api(predictor, checkpoint, audio_dir):
         assert [(w["start"], w["end"]) for w in row["windows"]] == [(w.start, w.end) for w in api.windows]
 
 
-def test_bad_files_are_reported_and_the_good_ones_predicted(predictor, checkpoint, audio_dir, tmp_path):
+def test_bad_files_are_reported_and_the_good_ones_predicted(predictor, checkpoint, audio_dir, tmp_path, run_cli):
     (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 10)
     (tmp_path / "empty.flac").write_bytes(b"")
     sf.write(tmp_path / "silent_zero_length.wav", np.zeros(0, np.float32), 16000)
@@ -154,16 +156,15 @@ def test_bad_files_are_reported_and_the_good_ones_predicted(predictor, checkpoin
            audio_dir / "notes.txt", tmp_path / "missing.wav"]
     inputs = [good[0], *bad[:3], good[1], *bad[3:]]
     emb = tmp_path / "out" / "emb.npy"
-    proc = run_cli("--checkpoint", str(checkpoint), "--format", "csv", "--embeddings", str(emb),
-                   *map(str, inputs))
-    assert proc.returncode == 1
+    status, stdout, stderr = run_cli("--checkpoint", str(checkpoint), "--format", "csv", "--embeddings", str(emb),
+                                     *map(str, inputs))
+    assert status == 1
     for path in bad:
-        lines = [line for line in proc.stderr.splitlines() if str(path) in line]
-        assert len(lines) == 1 and lines[0].startswith("predict.py: error:"), proc.stderr
-    assert "Traceback" not in proc.stderr
-    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+        lines = [line for line in stderr.splitlines() if str(path) in line]
+        assert len(lines) == 1 and lines[0].startswith("predict.py: error:"), stderr
+    rows = list(csv.DictReader(io.StringIO(stdout)))
     assert [r["file"] for r in rows] == [str(p) for p in good]
-    assert set(predictor.labels) | set(predict.VAD_NAMES) <= set(rows[0])
+    assert set(predictor.labels) | set(VAD) <= set(rows[0])
 
     matrix = np.load(emb)
     index = list(csv.DictReader(open(emb.with_suffix(".csv"))))

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import io
 import math
-import subprocess
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ import prepare
 from labels import label_names
 from prepare import BadInputError
 
-ROOT = Path(__file__).resolve().parents[1]
 COMMON = {
     "id": Value("string"), "audio": Audio(decode=False), "valence": Value("float32"),
     "arousal": Value("float32"), "dominance": Value("float32"), "speaker": Value("string"),
@@ -109,6 +107,19 @@ def test_ravdess_published_zip_layout(tmp_path):
 def test_ravdess_split_by_actor():
     assert [prepare.ravdess_split(a) for a in (1, 18, 19, 20, 21, 24)] == [
         "train", "train", "validation", "validation", "test", "test"]
+    assert [prepare.ravdess_split(a, (2, 24), (1,)) for a in (1, 2, 3, 24)] == [
+        "validation", "test", "train", "test"]
+
+
+def test_ravdess_any_speaker_independent_split(tmp_path):
+    root = make_ravdess(tmp_path / "RAVDESS")  # actors 01, 02, 19, 20, 21, 24
+    dsd = prepare.prepare_ravdess(root, test_actors=[1, 24], validation_actors=[19])
+    assert {s: sorted(set(d["speaker"])) for s, d in dsd.items()} == {
+        "train": ["Actor_02", "Actor_20", "Actor_21"], "validation": ["Actor_19"], "test": ["Actor_01", "Actor_24"]}
+    with pytest.raises(ValueError, match=r"the validation split would be empty.*actors found \[1, 2, 19, 20, 21, 24\]"):
+        prepare.prepare_ravdess(root, test_actors=[1], validation_actors=[13])
+    with pytest.raises(ValueError, match=r"actors \[2\] are in both"):
+        prepare.prepare_ravdess(root, test_actors=[1, 2], validation_actors=[2])
 
 
 # --------------------------------------------------------------------------- IEMOCAP
@@ -409,24 +420,33 @@ def test_synthetic_splits_scale():
         prepare.synthetic_splits(2)
 
 
-def test_baseline_on_saved_corpus(synthetic_dir):
-    result = prepare.baseline(load_from_disk(str(synthetic_dir)))
-    assert set(result) == {"validation", "test"}
-    for metrics in result.values():
-        assert set(metrics) == {"ua", "wa", "macro_f1", "n"}
-        assert metrics["n"] == 12
-        assert all(0.0 <= metrics[k] <= 1.0 for k in ("ua", "wa", "macro_f1"))
-
-
 # --------------------------------------------------------------------------- command line
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "prepare.py"), *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
+@dataclass
+class Done:
+    """What a command-line run of prepare.py returned and printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def test_cli_synthetic(tmp_path):
+@pytest.fixture
+def run_cli(capsys):
+    """prepare.py's command line, in process: ``run_cli(*args)`` -> Done."""
+    def run(*args: str) -> Done:
+        try:
+            code = prepare.main(list(args))
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+        out = capsys.readouterr()
+        return Done(code, out.out, out.err)
+
+    return run
+
+
+def test_cli_synthetic(tmp_path, run_cli):
     out = tmp_path / "synthetic"
     done = run_cli("synthetic", str(out), "--speakers", "3", "--per-class", "2", "--seed", "1")
     assert done.returncode == 0, done.stderr
@@ -437,7 +457,7 @@ def test_cli_synthetic(tmp_path):
     assert "baseline" in done.stdout and "test: UA " in done.stdout
 
 
-def test_cli_bad_input_and_skip_bad(tmp_path):
+def test_cli_bad_input_and_skip_bad(tmp_path, run_cli):
     root = make_msp(tmp_path / "MSP")
     corrupt(root / MSP)
     out = tmp_path / "msp"
@@ -456,8 +476,18 @@ def test_cli_bad_input_and_skip_bad(tmp_path):
     assert "skipped 1 bad item(s)" in done.stderr
 
 
-def test_cli_arguments(tmp_path):
+def test_cli_arguments(tmp_path, run_cli):
     done = run_cli("ravdess", str(tmp_path / "out"))
     assert done.returncode == 2 and "ravdess needs RAW_DIR OUT_DIR" in done.stderr
     done = run_cli("ravdess", str(tmp_path / "nothing"), str(tmp_path / "out"))
     assert done.returncode == 1 and "not a RAVDESS directory" in done.stderr
+
+
+def test_cli_ravdess_actor_split(tmp_path, run_cli):
+    root = make_ravdess(tmp_path / "RAVDESS")
+    out = tmp_path / "fold"
+    done = run_cli("ravdess", str(root), str(out), "--test-actors", "1,24", "--validation-actors", "19")
+    assert done.returncode == 0, done.stderr
+    assert "train: 3 rows\nvalidation: 1 rows\ntest: 3 rows\n" in done.stdout
+    done = run_cli("ravdess", str(root), str(out), "--test-actors", "1,x")
+    assert done.returncode == 2 and "actor numbers separated by commas" in done.stderr

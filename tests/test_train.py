@@ -1,23 +1,36 @@
-"""The training loop: metrics, resume after SIGKILL, 2-process DDP (gloo) evaluation."""
+"""The training loop: Config and its command line, metrics, the loss of every objective, the baseline,
+non-finite steps, resume after SIGKILL, 2-process DDP (gloo)."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
+import torch.nn.functional as F
+from conftest import ROOT, random_model
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
+import checkpoint
 import data
-import model as modellib
+import losses
 import predict
 import train
+from labels import VAD
 
-ROOT = train.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # output line by line; 2 cores shared
 
 
@@ -29,9 +42,29 @@ def tiny_args(synthetic_dir, run_dir, **over) -> list[str]:
     return [x for k, v in args.items() for x in (f"--{k}", v)]
 
 
+def tiny_config(synthetic_dir, run_dir, **over) -> train.Config:
+    """``tiny_args`` as a Config, for runs in this process, scoring each clip's centre crop (one window: faster)."""
+    return dataclasses.replace(train.parse_args(tiny_args(synthetic_dir, run_dir, **over)), windows=False)
+
+
 def run_train(args: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, check=False, **kw)
+
+
+def nan_corpus(synthetic_dir, out, row: int) -> str:
+    """The synthetic corpus with training row ``row``'s audio replaced by a float WAV holding NaN samples."""
+    splits = datasets.load_from_disk(str(synthetic_dir))
+    buffer = io.BytesIO()
+    sf.write(buffer, np.full(16000, np.nan, np.float32), 16000, format="WAV", subtype="FLOAT")
+    rows = splits["train"].to_list()
+    rows[row]["audio"] = {"bytes": buffer.getvalue(), "path": "nan.wav"}
+    as_written = datasets.Features({**splits["train"].features,  # Audio would need torchcodec to encode
+                                    "audio": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}})
+    audio = data.schema([])["audio"]
+    splits["train"] = datasets.Dataset.from_list(rows, features=as_written).cast_column("audio", audio)
+    splits.save_to_disk(str(out))
+    return str(out)
 
 
 def test_metrics_by_hand():
@@ -55,17 +88,63 @@ def test_lr_schedule_warms_up_then_decays():
     assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.5, abs=0.01) and f(100) == pytest.approx(0.0)
 
 
-def test_cli_lists_every_config_field():
-    out = run_train(["--help"]).stdout
-    for f in train.dataclasses.fields(train.Config):
-        assert "--" + f.name.replace("_", "-") in out
+def test_help_explains_every_config_field(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for f in dataclasses.fields(train.Config):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in out and " ".join(f.metadata["help"].split()) in out, flag
+    assert "--objective {supervised,simclr,supcon}" in out and "(default: top:2)" in out
 
 
-def test_bad_objective_is_refused():
-    with pytest.raises(ValueError, match="objective"):
-        train.Config(objective="triplet")
+def test_command_line_types_come_from_the_annotations():
+    cfg = train.parse_args(["--data", "a", "b", "--encoder-lr", "3e-5", "--no-augment", "--epochs", "3",
+                            "--device", "none"])
+    assert cfg.data == ["a", "b"] and cfg.encoder_lr == 3e-5 and cfg.augment is False and cfg.epochs == 3
+    assert cfg.device is None and train.parse_args(["--encoder-lr", "None"]).encoder_lr is None
+    assert train.parse_args([]) == train.Config() and train.parse_args(["--data", "x"]).data == "x"
 
 
+@pytest.mark.parametrize("field, value", [("objective", "triplet"), ("pooling", "max"), ("backend", "jax"),
+                                          ("precision", "fp16"), ("layers", "first")])
+def test_config_refuses_a_value_outside_its_choices(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be one of .*{value}"):
+        train.Config(**{field: value})
+
+
+def test_config_from_a_notebook_namespace():
+    namespace = {"data": "corpus", "epochs": 3, "projection": "pca", "train": train}  # a notebook's globals
+    cfg = train.Config.from_namespace(namespace, objective="supcon")
+    assert (cfg.data, cfg.epochs, cfg.objective) == ("corpus", 3, "supcon")
+    assert dataclasses.replace(cfg, data="data/synthetic", epochs=10, objective="supervised") == train.Config()
+
+
+def test_one_loss_function_for_every_objective():
+    net = random_model(vad_head=True, pooling="mean").train()
+    torch.manual_seed(1)
+    batch = {"mel": torch.randn(4, 80, 100), "emotion": torch.tensor([0, 1, 0, 1]),
+             "vad": torch.tensor([[0.5, 0.5, 0.5], [0.2, 0.8, 0.1], [float("nan")] * 3, [0.9, 0.1, 0.3]])}
+    cfg = train.Config(vad_weight=0.5)
+    torch.manual_seed(0)
+    loss = train.compute_loss(cfg, net, batch, None)
+    torch.manual_seed(0)  # the same dropout mask
+    y = net(batch["mel"])
+    known = torch.isfinite(batch["vad"]).all(1)
+    expected = F.cross_entropy(y["logits"], batch["emotion"]) + 0.5 * F.mse_loss(y["vad"][known], batch["vad"][known])
+    assert torch.allclose(loss, expected)
+    views = {**batch, "mel": torch.randn(4, 2, 80, 100)}
+    for objective in ("simclr", "supcon"):
+        cfg = train.Config(objective=objective)
+        loss = train.compute_loss(cfg, net, views, losses.VadNegatives())
+        z = net(views["mel"].flatten(0, 1))["projection"].view(4, 2, -1)
+        expected = (losses.nt_xent(z[:, 0], z[:, 1], 0.1, vad=batch["vad"], vad_negatives=losses.VadNegatives())
+                    if objective == "simclr" else
+                    losses.supcon(z, batch["emotion"], 0.1, vad=batch["vad"], vad_negatives=losses.VadNegatives()))
+        assert loss.ndim == 0 and torch.allclose(loss, expected, atol=1e-6), objective
+
+
+@pytest.mark.e2e
 def test_kill_and_resume_gives_the_same_result(synthetic_dir, tmp_path):
     """SIGKILL mid-epoch 2 of 3, resume from last.pt: the same final metrics as an uninterrupted run."""
     full = run_train(tiny_args(synthetic_dir, tmp_path / "full", epochs="3"))
@@ -85,7 +164,7 @@ def test_kill_and_resume_gives_the_same_result(synthetic_dir, tmp_path):
     assert killed_at is not None and proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed" / "results.json").exists()
     state = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
-    assert state["epoch"] == 1  # the kill came mid-epoch 2
+    assert json.loads(state["progress"])["epoch"] == 1  # the kill came mid-epoch 2
 
     resumed = run_train([*args, "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -95,17 +174,16 @@ def test_kill_and_resume_gives_the_same_result(synthetic_dir, tmp_path):
     assert [h["train_loss"] for h in got["history"]] == [h["train_loss"] for h in expected["history"]]
 
 
+@pytest.mark.e2e
 def test_two_process_gloo_evaluation_equals_single_process(synthetic_dir, tmp_path):
     """torchrun with 2 CPU processes: each reads its shard, the gathered metrics count every row once, and
     every rank evaluates the model rank 0 saves."""
     run_dir = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           str(ROOT / "train.py"), *tiny_args(synthetic_dir, run_dir, epochs="1", **{"vad-weight": "0.5"})]
-    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, check=False)
+    proc = run_two_processes(tiny_args(synthetic_dir, run_dir, epochs="1", **{"vad-weight": "0.5"}), port=29533)
     assert proc.returncode == 0, proc.stderr[-3000:]
     gathered = json.loads((run_dir / "results.json").read_text())
 
-    net = modellib.load_model(run_dir / "best.pt", device="cpu")
+    net = checkpoint.load_model(run_dir / "best.pt", device="cpu")
     loaders = {s: data.make_loader(data.load_corpus(str(synthetic_dir), s), batch_size=16, train=False,
                                    n_frames=100, num_workers=0, windows=True) for s in ("validation", "test")}
     single, _ = train.evaluate(net, loaders, ("validation", "test"), contrastive=False, device=torch.device("cpu"))
@@ -122,23 +200,80 @@ def test_two_process_gloo_evaluation_equals_single_process(synthetic_dir, tmp_pa
 
 
 def test_nonfinite_loss_stops_naming_the_step_or_is_skipped_when_asked(synthetic_dir, tmp_path):
-    args = tiny_args(synthetic_dir, tmp_path / "nan", epochs="1", lr="1e30", **{"grad-clip": "0"})
-    stopped = run_train(args)
-    assert stopped.returncode != 0
-    assert "non-finite loss" in stopped.stderr and "at step" in stopped.stderr
-    skipped = run_train([*args, "--skip-nonfinite"])
-    assert skipped.returncode == 0, skipped.stderr[-3000:]
-    assert json.loads((tmp_path / "nan" / "results.json").read_text())["skipped"] > 0
+    cfg = tiny_config(synthetic_dir, tmp_path / "nan", epochs="1", lr="1e30", **{"grad-clip": "0"})
+    with pytest.raises(FloatingPointError, match="non-finite loss .* at step 1"):
+        train.fit(cfg)
+    assert train.fit(dataclasses.replace(cfg, skip_nonfinite=True))["skipped"] > 0
+
+
+def test_a_skipped_step_leaves_the_running_statistics_as_they_were(synthetic_dir, tmp_path):
+    """A clip of NaN samples makes its batch's loss NaN; skipping that step must not leave NaN in
+    Standardize's running statistics (what evaluation and best.pt use)."""
+    corpus = nan_corpus(synthetic_dir, tmp_path / "corpus", row=5)
+    cfg = tiny_config(synthetic_dir, tmp_path / "run", data=corpus, epochs="1", backend="torch")
+    result = train.fit(dataclasses.replace(cfg, skip_nonfinite=True))
+    assert result["skipped"] == 1 and result["history"][0]["step"] == 3
+    norm = checkpoint.load_model(tmp_path / "run" / "best.pt", device="cpu").norm
+    assert torch.isfinite(norm.running_mean).all() and torch.isfinite(norm.running_var).all()
+    assert np.isfinite(result["validation"]["ua"])
+
+
+def run_two_processes(args: list[str], port: int, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=2 train.py ARGS`` on CPU (gloo); a run still going after ``timeout`` seconds
+    (a hang: ranks waiting on each other) is killed with its workers and fails the test."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           str(ROOT / "train.py"), *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in [*descendants(proc.pid), proc.pid]:  # torchrun's workers live in sessions of their own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"the 2-process run did not finish in {timeout:.0f} s: its ranks wait on each other")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+@pytest.mark.e2e
+def test_two_processes_skip_a_step_together_when_one_rank_has_a_nonfinite_loss(synthetic_dir, tmp_path):
+    """A NaN clip in rank 1's first batch only: without agreeing, rank 1 would skip its backward while rank 0
+    waits in the gradient all-reduce for ever."""
+    n_train = len(data.load_corpus(str(synthetic_dir), "train"))
+    epoch0 = np.random.default_rng([0, 0]).permutation(n_train)  # data.Loader's order: seed 0, epoch 0
+    row = int(np.array_split(epoch0, 2)[1][0])  # the first clip of rank 1's shard
+    corpus = nan_corpus(synthetic_dir, tmp_path / "corpus", row)
+    args = [*tiny_args(synthetic_dir, tmp_path / "ddp", data=corpus, epochs="1", backend="torch"), "--skip-nonfinite"]
+    proc = run_two_processes(args, port=29534)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert result["skipped"] == 1 and result["history"][0]["step"] == 2  # 24 clips a rank: 2 steps, 1 skipped
+    assert np.isfinite(result["validation"]["ua"])
 
 
 @pytest.mark.parametrize("n_seen", [2, 3])
 def test_fold_probe_makes_the_classifier_predict_as_the_probe(n_seen):
     rng = np.random.default_rng(0)
-    net = modellib.EmotionModel.from_whisper("random:tiny", labels=["a", "b", "c", "d", "e"], n_frames=100,
-                                             device="cpu").eval()
+    net = random_model(labels=["a", "b", "c", "d", "e"]).eval()
     y = np.array([1, 3, 4][:n_seen] * 20)  # classes 0 and 2 (and 4) never seen
     x = rng.normal(2.0, 3.0, size=(len(y), net.config.dims.n_audio_state)).astype(np.float32)
-    probe = train.make_pipeline(train.StandardScaler(), train.LogisticRegression(max_iter=2000)).fit(x, y)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, y)
     net.norm.running_mean.normal_(0.0, 1.0)  # statistics as training leaves them, not the probe's
     net.norm.running_var.uniform_(0.5, 4.0)
     train.fold_probe(net, probe)
@@ -150,12 +285,11 @@ def test_fold_probe_makes_the_classifier_predict_as_the_probe(n_seen):
 
 def test_contrastive_checkpoint_classifies_as_its_linear_probe(synthetic_dir, tmp_path):
     """epochs=0 (the notebook's 'before' run): best.pt is written, and its classifier is the probe."""
-    cfg = train.Config(data=str(synthetic_dir), whisper="random:tiny", n_frames=100, objective="simclr",
-                       epochs=0, batch_size=16, num_workers=0, device="cpu", run_dir=str(tmp_path / "probe"))
+    cfg = tiny_config(synthetic_dir, tmp_path / "probe", objective="simclr", epochs="0")
     result = train.fit(cfg)
-    net = modellib.load_model(tmp_path / "probe" / "best.pt", device="cpu")
+    net = checkpoint.load_model(tmp_path / "probe" / "best.pt", device="cpu")
     loader = data.make_loader(data.load_corpus(str(synthetic_dir), "test"), batch_size=16, train=False,
-                              n_frames=100, num_workers=0, windows=True)
+                              n_frames=100, num_workers=0)
     heads, probe = train.evaluate(net, {"test": loader}, ("test",), contrastive=False, device=torch.device("cpu"))
     assert probe is None
     assert heads["test"]["confusion"] == result["test"]["confusion"]
@@ -165,16 +299,27 @@ def test_contrastive_checkpoint_classifies_as_its_linear_probe(synthetic_dir, tm
 def test_window_evaluation_scores_each_clip_as_predict_does(synthetic_dir):
     """Validation/test metrics describe the predictor that predict.py applies: the mean over the same windows."""
     ds = data.load_corpus(str(synthetic_dir), "test")
-    torch.manual_seed(0)
-    net = modellib.EmotionModel.from_whisper("random:tiny", labels=ds.features["emotion"].names, n_frames=100,
-                                             vad_head=True, device="cpu").eval()
+    net = random_model(labels=ds.features["emotion"].names, vad_head=True).eval()
     loader = data.make_loader(ds, batch_size=16, train=False, n_frames=100, num_workers=0, windows=True)
-    pred = train.predict_split(net, loader, torch.device("cpu"), train.nullcontext())
+    pred = train.predict_split(net, loader, torch.device("cpu"))
     assert pred["index"].tolist() == list(range(len(ds))) and (pred["windows"] > 1).all()  # clips of 2-5 s, 1 s windows
     predictor = predict.Predictor(net, device="cpu")
     for row in (0, len(ds) // 2, len(ds) - 1):
         p = predictor.predict(data.decode_audio(ds[row]["audio"]["bytes"]), sample_rate=16000)
         assert pred["windows"][row] == len(p.windows)
         np.testing.assert_allclose(pred["probs"][row], [p.probabilities[n] for n in net.config.labels], atol=1e-4)
-        np.testing.assert_allclose(pred["vad_pred"][row], [p.vad[n] for n in train.VAD_NAMES], atol=1e-4)
+        np.testing.assert_allclose(pred["vad_pred"][row], [p.vad[n] for n in VAD], atol=1e-4)
         np.testing.assert_allclose(pred["embedding"][row], p.embedding, atol=1e-4)
+
+
+def test_baseline_is_the_probe_on_log_mel_statistics_scored_as_models_are(synthetic_dir):
+    splits = {s: data.load_corpus(synthetic_dir, s) for s in ("train", "validation", "test")}
+    result = train.baseline(splits)
+    assert set(result) == {"validation", "test"}
+    for split, metrics in result.items():
+        assert {"ua", "wa", "macro_f1", "n", "confusion", "ccc_valence"} <= set(metrics)
+        assert metrics["n"] == len(splits[split]) == np.sum(metrics["confusion"])
+        assert all(0.0 <= metrics[k] <= 1.0 for k in ("ua", "wa", "macro_f1"))
+    row = splits["test"][0]["audio"]["bytes"]
+    mel = data.log_mel(torch.from_numpy(data.decode_audio(row))).numpy()
+    np.testing.assert_allclose(train.clip_statistics(row), np.concatenate([mel.mean(1), mel.std(1)]), atol=1e-6)

@@ -1,0 +1,85 @@
+"""A training recipe on real speech: speaker-independent folds of the RAVDESS actors in ``../shared/ravdess``.
+
+    python bench/folds.py --name default                                   # train.Config()'s defaults
+    python bench/folds.py --name notebook -- --freeze all --no-augment --lr 1e-3 --encoder-lr 1e-4 --epochs 12
+
+Everything after ``--`` is passed to ``train.py`` (``python train.py --help``); ``--data`` and ``--run-dir``
+are set per fold. Each fold tests on three actors, validates on two others (one male, one female: odd actors
+are male) and trains on the remaining seven (``FOLDS``); folds are prepared once under ``--folds-dir``.
+Recipes are compared on validation UA only: the test columns are reported, never used to choose. Prints a
+table per fold and the mean ± standard deviation over the folds, and appends a row to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import prepare  # noqa: E402
+import train  # noqa: E402
+from bench.common import record  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+# fold -> (test actors, validation actors); the other actors of 1-12 train.
+FOLDS = {1: ((1, 2, 3), (4, 5)), 2: ((4, 5, 6), (7, 8)), 3: ((7, 8, 9), (10, 11)), 4: ((10, 11, 12), (1, 2))}
+METRICS = {"ua": "UA", "wa": "WA", "macro_f1": "macro-F1"}
+
+
+def prepare_fold(raw: Path, out: Path, fold: int) -> Path:
+    """``out/fold{fold}`` prepared from ``raw`` (once: an existing folder is reused)."""
+    path = out / f"fold{fold}"
+    if not path.exists():
+        test, validation = FOLDS[fold]
+        prepare.save(prepare.prepare_ravdess(raw, test_actors=test, validation_actors=validation), path)
+    return path
+
+
+def mean_sd(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    train_argv = argv[argv.index("--") + 1:] if "--" in argv else []
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", required=True, help="the recipe's name (runs go to runs/folds/NAME/foldK)")
+    parser.add_argument("--ravdess", type=Path, default=ROOT.parent / "shared" / "ravdess")
+    parser.add_argument("--folds-dir", type=Path, default=ROOT / "data" / "ravdess_folds")
+    parser.add_argument("--folds", type=int, nargs="+", default=list(FOLDS), choices=list(FOLDS))
+    parser.add_argument("--whisper", default=str(ROOT.parent / "shared" / "whisper" / "tiny.en.pt"))
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    base = train.parse_args(["--whisper", args.whisper, *train_argv])
+
+    results, seconds = {}, []
+    for fold in args.folds:
+        cfg = dataclasses.replace(base, data=str(prepare_fold(args.ravdess, args.folds_dir, fold)),
+                                  run_dir=str(ROOT / "runs" / "folds" / args.name / f"fold{fold}"))
+        start = time.perf_counter()
+        results[fold] = train.fit(cfg)
+        seconds.append(time.perf_counter() - start)
+        print(f"fold {fold}: validation UA {results[fold]['validation']['ua']:.3f}, "
+              f"test UA {results[fold]['test']['ua']:.3f} ({seconds[-1] / 60:.1f} min)", flush=True)
+
+    row = {"recipe": args.name, "command": f"`python bench/folds.py --name {args.name} -- {' '.join(train_argv)}`",
+           "folds": ",".join(map(str, args.folds))}
+    for split in ("validation", "test"):
+        for key, name in METRICS.items():
+            row[f"{split} {name}"] = mean_sd([r[split][key] for r in results.values()])
+    row["per fold validation / test UA"] = ", ".join(
+        f"{r['validation']['ua']:.3f} / {r['test']['ua']:.3f}" for r in results.values())
+    row["min per run"] = f"{np.mean(seconds) / 60:.1f}"
+    for k, v in row.items():
+        print(f"{k}: {v}")
+    record("Recipes on real speech: RAVDESS actors 01-12, four speaker-independent folds, tiny.en", row)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Where the weights come from and go: Whisper checkpoints in, trained models out.
+
+- ``load_encoder`` reads openai-whisper's audio encoder from a model name (downloaded once into
+  ``~/.cache/whisper``), a checkpoint file in openai-whisper's format, or ``random:<name>`` (untrained),
+  its positional embedding trimmed to the model's context; ``from_whisper`` puts an ``EmotionModel`` on it.
+- ``save_model``/``load_model`` write and read one self-describing file (``FORMAT``) that rebuilds the
+  model without the original Whisper checkpoint; ``atomic_save`` never leaves a half-written file.
+
+As openai-whisper keeps loading in its ``__init__.py``, the network (``model.py``) knows nothing of this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import socket
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+import whisper
+from torch import Tensor
+from whisper.model import ModelDimensions
+
+from model import DIMS, EmotionModel, Encoder, ModelConfig, check_n_frames, resolve_device
+
+FORMAT = "whisper-ser/1"
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+def _download_root(download_root: str | None) -> str:
+    default = os.path.join(os.path.expanduser("~"), ".cache")
+    return download_root or os.path.join(os.getenv("XDG_CACHE_HOME", default), "whisper")
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    # whisper._download calls urlopen without a timeout: an unreachable host would block forever.
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _resolve_checkpoint(name_or_path: str, download_root: str | None) -> Path:
+    """Local file of an openai-whisper model name (downloading it when absent) or checkpoint path."""
+    if name_or_path in whisper._MODELS:
+        url = whisper._MODELS[name_or_path]
+        root = _download_root(download_root)
+        target = os.path.join(root, os.path.basename(url))
+        try:
+            with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+                return Path(whisper._download(url, root, in_memory=False))
+        except (OSError, RuntimeError) as e:  # URLError, timeouts and checksum errors
+            raise FileNotFoundError(
+                f"Whisper checkpoint {name_or_path!r} is not in {root} (looked for {target}) and could not "
+                f"be downloaded from {url}: {e}. Pass the path of an openai-whisper checkpoint file "
+                f"instead (e.g. WHISPER_CHECKPOINT=/path/to/{name_or_path}.pt for the demo and tests), or "
+                f"put the file at {target}.") from None
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if path.exists() or os.sep in name_or_path or path.suffix in (".pt", ".pth", ".bin"):
+        raise FileNotFoundError(f"Whisper checkpoint file {name_or_path} does not exist or is not a file")
+    raise ValueError(f"unknown Whisper model {name_or_path!r}: use one of {whisper.available_models()}, "
+                     f"random:<one of them> for an untrained encoder, or a checkpoint file path")
+
+
+def _read_encoder_checkpoint(path: Path) -> tuple[ModelDimensions, dict[str, Tensor]]:
+    """``dims`` and the ``encoder.*`` weights (prefix removed, float32) of an openai-whisper checkpoint."""
+    try:
+        # mmap: only the encoder's tensors are ever read from disk, never the decoder's.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as e:  # a damaged file makes the unpickler raise nearly anything (IndexError too)
+        raise ValueError(f"{path} is not a readable openai-whisper checkpoint: {type(e).__name__}: {e}") from None
+    if not isinstance(checkpoint, dict) or not {"dims", "model_state_dict"} <= checkpoint.keys():
+        keys = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ValueError(f"{path} is not an openai-whisper checkpoint: expected the keys 'dims' and "
+                         f"'model_state_dict', found {keys}")
+    try:
+        dims = ModelDimensions(**checkpoint["dims"])
+    except TypeError as e:
+        raise ValueError(f"{path}: bad 'dims' {checkpoint['dims']}: {e}") from None
+    state = {k.removeprefix("encoder."): v.float() for k, v in checkpoint["model_state_dict"].items()
+             if k.startswith("encoder.")}
+    return dims, state
+
+
+def load_encoder(name_or_path: str, n_frames: int = 300, device: str | torch.device | None = None,
+                 download_root: str | None = None) -> Encoder:
+    """Whisper's audio encoder alone, float32, taking ``[B, n_mels, n_frames]`` mel inputs.
+
+    name_or_path: an openai-whisper model name (``whisper.available_models()``; downloaded into
+    ``download_root``, default ``~/.cache/whisper``), a checkpoint file in openai-whisper's format
+    (``{"dims", "model_state_dict"}``), or ``random:<name>`` for an untrained encoder of that size.
+    The positional embedding keeps its first ``n_frames // 2`` rows; every other weight is unchanged.
+    ``encoder.dims`` holds the checkpoint's dims with ``n_audio_ctx = n_frames // 2``.
+    """
+    check_n_frames(n_frames)
+    if name_or_path.startswith("random:"):
+        name = name_or_path.removeprefix("random:")
+        if name not in DIMS:
+            raise ValueError(f"unknown Whisper model {name!r} in {name_or_path!r}: use random:<name> with one "
+                             f"of {list(DIMS)}")
+        dims, state = DIMS[name], None
+    else:
+        path = _resolve_checkpoint(name_or_path, download_root)
+        dims, state = _read_encoder_checkpoint(path)
+        check_n_frames(n_frames, 2 * dims.n_audio_ctx)
+    encoder = Encoder(replace(dims, n_audio_ctx=n_frames // 2))
+    if state is not None:
+        state["positional_embedding"] = state["positional_embedding"][: n_frames // 2]
+        try:
+            encoder.load_state_dict(state)
+        except RuntimeError as e:
+            raise ValueError(f"{name_or_path}: the encoder weights do not match its dims {dims}: {e}") from None
+    return encoder.to(resolve_device(device))
+
+
+def from_whisper(whisper: str, *, labels: list[str], n_frames: int = 300, pooling: str = "mean",
+                 layers: str = "weighted", proj_dim: int = 128, vad_head: bool = False, dropout: float = 0.1,
+                 device: str | torch.device | None = None, download_root: str | None = None) -> EmotionModel:
+    """A new ``EmotionModel`` (heads untrained) on the encoder of ``whisper`` (``load_encoder``'s name, path
+    or random:<name>); the other arguments are ``ModelConfig``'s."""
+    encoder = load_encoder(whisper, n_frames, device="cpu", download_root=download_root)
+    config = ModelConfig(whisper=whisper, dims=encoder.dims, labels=labels, n_frames=n_frames,
+                         n_mels=encoder.dims.n_mels, pooling=pooling, layers=layers, proj_dim=proj_dim,
+                         vad_head=vad_head, dropout=dropout)
+    return EmotionModel(config, encoder).to(resolve_device(device))
+
+
+def save_model(model: EmotionModel, path: str | Path, extra: dict | None = None) -> None:
+    """Write ``{"format", "config", "state_dict", "extra"}`` to ``path`` atomically (temp file + rename).
+
+    ``extra`` (e.g. epoch, metrics) must hold only what ``torch.load(weights_only=True)`` reads back:
+    tensors, numbers, strings, None and lists/tuples/dicts of them.
+    """
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(extra, buffer)
+    buffer.seek(0)
+    try:
+        torch.load(buffer, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise TypeError(f"save_model extra={extra!r} holds objects weights_only loading refuses: {e}") from None
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_save({"format": FORMAT, "config": asdict(model.config), "state_dict": state, "extra": extra}, path)
+
+
+def atomic_save(obj: object, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: a reader (or a run killed midway)
+    never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The dict ``save_model`` wrote to ``path`` (tensors on CPU); ValueError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged file makes the unpickler raise nearly anything (IndexError too)
+        raise ValueError(f"{path} is not a readable {FORMAT} model file: {type(e).__name__}: {e}") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        hint = ""
+        if isinstance(obj, dict) and {"dims", "model_state_dict"} <= obj.keys():
+            hint = " (it is an openai-whisper checkpoint: pass it as from_whisper's whisper=)"
+        found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{path} is not a {FORMAT} model file (format: {found!r}){hint}")
+    missing = {"config", "state_dict", "extra"} - obj.keys()
+    if missing:
+        raise ValueError(f"{path} lacks {sorted(missing)}")
+    return obj
+
+
+def load_model(path: str | Path, device: str | torch.device | None = None) -> EmotionModel:
+    """The model ``save_model`` wrote, rebuilt from its stored config (no Whisper checkpoint needed), in
+    eval mode (its ``extra``: ``read_checkpoint(path)["extra"]``)."""
+    obj = read_checkpoint(path)
+    try:
+        model = EmotionModel(ModelConfig(**obj["config"]))
+        model.load_state_dict(obj["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path}: config or weights do not form a model: {e}") from None
+    return model.to(resolve_device(device)).eval()

@@ -1,0 +1,201 @@
+"""Figures and tables for the notebooks and the demo: nothing here trains or loads data of its own.
+
+    report.corpus_table(splits)                  clips per emotion and split, speakers, hours
+    report.plot_batch(batch, label_names)        log-mels of a batch as the model sees them
+    report.metrics_table(results)                one row per split or run
+    report.plot_history(result["history"])       loss and validation metrics per epoch
+    report.plot_confusion(result["test"]["confusion"], label_names)
+    report.plot_layer_weights(net)               which encoder layers the embedding draws on
+    report.plot_embeddings(report.embed(cfg, "test"), label_names)
+    report.runs_table(run_dirs)                  cross-validation: a row per fold, then mean and std
+    report.summary_table(runs)                   the demo's markdown summary
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+from sklearn.preprocessing import StandardScaler
+
+import checkpoint
+import data
+import model as modellib
+import train
+
+
+def embed(cfg: train.Config, split: str, checkpoint_name: str = "best.pt") -> dict[str, np.ndarray]:
+    """``train.predict_split`` arrays (embeddings, probabilities, labels, VAD) of ``split`` for a finished run."""
+    device = modellib.resolve_device(cfg.device)
+    net = checkpoint.load_model(Path(cfg.run_dir) / checkpoint_name, device=device)
+    ds = data.load_corpus(cfg.data, split, four_class=cfg.four_class)
+    loader = data.make_loader(ds, batch_size=cfg.batch_size, train=False, windows=cfg.windows, n_frames=cfg.n_frames,
+                              backend=cfg.backend, device=device, num_workers=cfg.num_workers)
+    return train.predict_split(net, loader, device)
+
+
+def save_figure(fig: Figure, path: str | Path | None) -> Figure:
+    """Write ``fig`` to ``path`` (folders made as needed; nothing when None); returns it for the notebook."""
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def plot_history(history: list[dict] | dict[str, list[dict]], path: str | Path | None = None) -> Figure:
+    """Training loss and validation UA/WA/macro-F1 per epoch, of one run's ``history`` or of several
+    runs (name -> history) overlaid: a colour per run, a line style per metric."""
+    runs = history if isinstance(history, dict) else {"": history}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for (name, hist), color in zip(runs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False):
+        epochs = [h["epoch"] for h in hist]
+        ax1.plot(epochs, [h["train_loss"] for h in hist], marker="o", color=color, label=name or None)
+        for key, style in (("val_ua", "-"), ("val_wa", "--"), ("val_macro_f1", ":")):
+            metric = key[4:].upper().replace("MACRO_", "macro-")
+            ax2.plot(epochs, [h[key] for h in hist], style, marker="o", color=color,
+                     label=f"{name} {metric}".strip())
+    ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
+    ax2.set(xlabel="epoch", ylabel="validation", title="validation metrics", ylim=(0, 1))
+    if len(runs) > 1:
+        ax1.legend(fontsize=8)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_layer_weights(net: modellib.EmotionModel, title: str = "layer weights",
+                       path: str | Path | None = None) -> Figure:
+    """The softmax weights of the model's ``LayerMix``: which encoder layers its embedding draws on."""
+    if net.mix is None:
+        raise ValueError("this model uses the last encoder layer only (layers='last'): there are no layer weights")
+    weights = torch.softmax(net.mix.weight.detach().float().cpu(), dim=0).numpy()
+    fig, ax = plt.subplots(figsize=(1 + 0.5 * len(weights), 3))
+    ax.bar(range(len(weights)), weights)
+    ax.axhline(1 / len(weights), color="grey", linestyle=":", label="uniform")
+    ax.set(xticks=range(len(weights)), xticklabels=["input", *range(1, len(weights))], xlabel="encoder layer",
+           ylabel="weight", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_confusion(confusion: list[list[int]], label_names: list[str], title: str = "confusion",
+                   path: str | Path | None = None) -> Figure:
+    """Row-normalised confusion matrix over the classes that occur (rows: true, columns: predicted)."""
+    cm = np.asarray(confusion, dtype=float)
+    used = np.flatnonzero(cm.sum(0) + cm.sum(1))
+    cm = cm[np.ix_(used, used)]
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    names = [label_names[i] for i in used]
+    fig, ax = plt.subplots(figsize=(1.1 * len(used) + 2, 1.1 * len(used) + 1))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), v in np.ndenumerate(norm):
+        ax.text(j, i, f"{v:.2f}\n({int(cm[i, j])})", ha="center", va="center",
+                color="white" if v > 0.5 else "black", fontsize=8)
+    ax.set(xticks=range(len(used)), yticks=range(len(used)), xticklabels=names, yticklabels=names,
+           xlabel="predicted", ylabel="true", title=title)
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_embeddings(pred: dict[str, np.ndarray], label_names: list[str], method: str = "pca",
+                    title: str = "test embeddings", path: str | Path | None = None) -> Figure:
+    """2-D projection (PCA or t-SNE) of pooled embeddings, coloured by emotion and by arousal."""
+    x = StandardScaler().fit_transform(pred["embedding"])
+    if method == "tsne":
+        xy = TSNE(n_components=2, perplexity=min(30, len(x) - 1), random_state=0).fit_transform(x)
+    else:
+        xy = PCA(n_components=2, random_state=0).fit_transform(x)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for c in np.unique(pred["emotion"]):
+        m = pred["emotion"] == c
+        ax1.scatter(xy[m, 0], xy[m, 1], s=12, label=label_names[c])
+    ax1.legend(fontsize=8)
+    ax1.set(title=f"{title}: emotion ({method.upper()})")
+    arousal = pred["vad"][:, 1]
+    if np.isfinite(arousal).any():
+        sc = ax2.scatter(xy[:, 0], xy[:, 1], s=12, c=arousal, cmap="viridis")
+        fig.colorbar(sc, ax=ax2, label="arousal (0-1)")
+    else:
+        ax2.text(0.5, 0.5, "no arousal ratings in this corpus", ha="center", transform=ax2.transAxes)
+    ax2.set(title=f"{title}: arousal ({method.upper()})")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def corpus_table(splits: dict) -> pd.DataFrame:
+    """Clips per emotion (rows) and split (columns), with speaker counts and hours, as a DataFrame."""
+    table = {}
+    for name, ds in splits.items():
+        names = ds.features["emotion"].names
+        counts = pd.Series(ds["emotion"]).map(lambda i, names=names: names[i]).value_counts()
+        counts["speakers"] = len(set(ds["speaker"]))
+        counts["hours"] = round(float(np.sum(ds["duration"])) / 3600, 2)
+        table[name] = counts
+    return pd.DataFrame(table).fillna(0)
+
+
+def metrics_table(results: dict[str, dict]) -> pd.DataFrame:
+    """A pandas DataFrame of scalar metrics, one row per split (or run)."""
+    return pd.DataFrame({name: {k: v for k, v in m.items() if not isinstance(v, list)}
+                         for name, m in results.items()}).T
+
+
+def runs_table(run_dirs: Sequence[str | Path], split: str = "test") -> pd.DataFrame:
+    """``split`` metrics of finished runs (their ``results.json``), one row per run, then the mean and
+    standard deviation over the runs: the table of a cross-validation such as IEMOCAP's
+    leave-one-session-out (one run per test session)."""
+    results = {}
+    for run_dir in map(Path, run_dirs):
+        path = run_dir / "results.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: is {run_dir} a finished run?")
+        results[run_dir.name] = json.loads(path.read_text())[split]
+    table = metrics_table(results)
+    stats = table.drop(columns="n").agg(["mean", "std"])
+    return pd.concat([table, stats])
+
+
+def plot_batch(batch: dict[str, torch.Tensor], label_names: Sequence[str], n: int = 4) -> Figure:
+    """Log-mels of the first ``n`` clips of ``batch`` (views side by side), titled with label and VAD."""
+    mel = batch["mel"].detach().float().cpu()
+    mel = mel[:, None] if mel.ndim == 3 else mel
+    n = min(n, len(mel))
+    views = mel.shape[1]
+    fig, axes = plt.subplots(n, views, figsize=(4 * views, 2.2 * n), squeeze=False, constrained_layout=True)
+    for i in range(n):
+        label = label_names[int(batch["emotion"][i])]
+        vad = batch["vad"][i].tolist()
+        if not any(math.isnan(x) for x in vad):
+            label += "  V {:.2f} A {:.2f} D {:.2f}".format(*vad)
+        for v in range(views):
+            ax = axes[i, v]
+            ax.imshow(mel[i, v].numpy(), origin="lower", aspect="auto", interpolation="nearest")
+            ax.set_title(label + (f"  (view {v + 1})" if views > 1 else ""), fontsize=9)
+            ax.set_xlabel("frame")
+            ax.set_ylabel("mel bin")
+    return fig
+
+
+def summary_table(runs: dict[str, list[dict]]) -> str:
+    """Markdown: a row per run name, its validation UA and test UA/WA/macro-F1 (mean ± std over several
+    results of the same run, e.g. training seeds)."""
+    def cell(results: list[dict], split: str, key: str) -> str:
+        values = np.array([r[split][key] for r in results])
+        return f"{values.mean():.3f}" + (f" ± {values.std(ddof=1):.3f}" if len(values) > 1 else "")
+
+    lines = ["| run | validation UA | test UA | test WA | test macro-F1 |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {cell(rs, 'validation', 'ua')} | "
+              + " | ".join(cell(rs, "test", key) for key in ("ua", "wa", "macro_f1")) + " |"
+              for name, rs in runs.items()]
+    return "\n".join(lines)
