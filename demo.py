@@ -34,8 +34,7 @@ SYNTHETIC = "data/synthetic"
 SYNTHETIC_SETTINGS = {
     "supervised": {"freeze": "all", "augment": False, "vad_weight": 0.5, "epochs": 12, "batch_size": 16,
                    "lr": 1e-3, "encoder_lr": 1e-4},
-    "contrastive": {"freeze": "top:2", "augment": True, "vad_weight": 0.0, "epochs": 6, "batch_size": 16, "lr": 1e-3,
-                    "encoder_lr": 1e-4},
+    "contrastive": {"epochs": 6, "batch_size": 16, "lr": 1e-3, "encoder_lr": 1e-4},
 }
 
 

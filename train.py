@@ -84,7 +84,7 @@ class Config:
     augment: bool = option(True, "training augmentations (data.Augment: crop, shift, speed, gain, noise, SpecAugment)")
     windows: bool = option(True, "evaluate whole utterances: mean over windows covering each (off: its centre crop)")
     epochs: int = option(10, "training epochs (0: evaluate the model as built, e.g. a probe on the frozen encoder)")
-    batch_size: int = option(32, "clips per step (over all processes: per process times their number)")
+    batch_size: int = option(32, "clips per step and process (under torchrun: times the number of processes)")
     lr: float = option(1e-4, "peak learning rate of the heads, layer mix and pooling (warm-up, then cosine)")
     encoder_lr: float | None = option(None, "peak learning rate of the trainable encoder blocks (none: lr)")
     weight_decay: float = option(0.01, "AdamW weight decay")
