@@ -4,10 +4,11 @@
     python prepare.py iemocap     RAW_DIR OUT_DIR [--test-session N] [--skip-bad] [--push-to-hub REPO_ID]
     python prepare.py msp-podcast RAW_DIR OUT_DIR [--skip-bad] [--push-to-hub REPO_ID]
     python prepare.py synthetic   OUT_DIR [--seed N] [--speakers N] [--per-class N] [--push-to-hub REPO_ID]
+    (any corpus: --flac16k stores 16 kHz mono FLAC instead of the original files, for faster loading)
 
 Every corpus gets the columns ``id``, ``audio`` (``Audio(decode=False)``: the original encoded bytes
-and the path relative to the corpus root, never re-encoded), ``emotion`` (``ClassLabel`` named by
-``labels.label_names(corpus)``), ``valence``/``arousal``/``dominance`` (float32 in 0-1, NaN where the
+and the path relative to the corpus root; re-encoded only by ``--flac16k``), ``emotion`` (``ClassLabel``
+named by ``labels.label_names(corpus)``), ``valence``/``arousal``/``dominance`` (float32 in 0-1, NaN where the
 corpus has none), ``speaker``, ``corpus``, ``duration`` (float32 seconds), plus its own columns.
 Splits are speaker-disjoint; each ``prepare_*`` documents its own.
 
@@ -157,6 +158,24 @@ def _build(items: list[_Item], problems: list[tuple[str, str]], features: Featur
         out[split] = Dataset.from_generator(_rows, features=features, gen_kwargs={"items": chosen},
                                             fingerprint=hasher.hexdigest(), split=split).cast_column("audio", AUDIO)
     return out
+
+
+def to_16k_flac(dsd: DatasetDict) -> DatasetDict:
+    """``dsd`` with every clip stored decoded, downmixed to mono and resampled to 16 kHz (``data.decode_audio``,
+    anti-aliased) as 24-bit FLAC (its rounding is far below any recording's noise), so that the loaders decode
+    a third of the samples of a 48 kHz file and resample nothing (bench/loader.py, BENCHMARKS.md). The audio
+    ``path`` gets ``.flac``."""
+    def convert(row: dict) -> dict:
+        audio = data.decode_audio(data.encoded_audio(row["audio"], row["id"]), name=row["id"])
+        buffer = io.BytesIO()
+        sf.write(buffer, np.clip(audio, -1.0, 1.0), SAMPLE_RATE, format="FLAC", subtype="PCM_24")
+        return {"audio": {"bytes": buffer.getvalue(), "path": str(Path(row["audio"]["path"]).with_suffix(".flac"))}}
+
+    def as_flac(ds: Dataset, split: str) -> Dataset:
+        written = Features({**ds.features, "audio": _AUDIO_STORAGE})  # as _build writes: keeps the path whole
+        return ds.map(convert, features=written, desc=f"16 kHz FLAC ({split})").cast_column("audio", AUDIO)
+
+    return DatasetDict({split: as_flac(ds, split) for split, ds in dsd.items()})
 
 
 def save(dsd: DatasetDict, out_dir: str | Path) -> None:
@@ -609,6 +628,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validation-actors", type=_actors, default=(), metavar="4,5",
                         help="RAVDESS: its validation actors")
     parser.add_argument("--test-session", type=int, default=5, help="IEMOCAP's test session (default 5)")
+    parser.add_argument("--flac16k", action="store_true",
+                        help="store the audio decoded to 16 kHz mono FLAC instead of the original files: faster "
+                             "loading of 44.1/48 kHz corpora (see to_16k_flac)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic: the generator's seed")
     parser.add_argument("--speakers", type=int, default=20, help="synthetic: number of speakers")
     parser.add_argument("--per-class", type=int, default=6, help="synthetic: clips per class per speaker")
@@ -632,6 +654,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if report is not None and not report.exists():
         report.write_text("where\treason\n")
+    if args.flac16k:
+        dsd = to_16k_flac(dsd)
     save(dsd, args.out_dir)
     if args.push_to_hub:
         dsd.push_to_hub(args.push_to_hub)

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from datasets import Audio, ClassLabel, DatasetDict, Value, load_from_disk
 
 import prepare
+from data import decode_audio, make_loader
 from labels import label_names
 from prepare import BadInputError
 
@@ -491,3 +493,35 @@ def test_cli_ravdess_actor_split(tmp_path, run_cli):
     assert "train: 3 rows\nvalidation: 1 rows\ntest: 3 rows\n" in done.stdout
     done = run_cli("ravdess", str(root), str(out), "--test-actors", "1,x")
     assert done.returncode == 2 and "actor numbers separated by commas" in done.stderr
+
+
+def test_flac16k_stores_what_the_loader_would_decode(tmp_path, run_cli):
+    """48 kHz stereo (a 12 kHz tone that must not alias) and 48 kHz mono files -> 16 kHz mono FLAC holding
+    ``data.decode_audio`` of the original to 24-bit precision; the loader's features agree."""
+    root = make_ravdess(tmp_path / "RAVDESS")
+    t = np.arange(48000) / 48000
+    stereo = np.stack([0.3 * np.sin(2 * np.pi * 300 * t), 0.3 * np.sin(2 * np.pi * 12000 * t)], axis=1)
+    sf.write(next(root.glob("Actor_01/*.wav")), stereo, 48000, subtype="PCM_16")
+    original = prepare.prepare_ravdess(root, test_actors=(1, 2), validation_actors=(19, 20))
+    out = tmp_path / "flac"
+    done = run_cli("ravdess", str(root), str(out), "--test-actors", "1,2", "--validation-actors", "19,20",
+                   "--flac16k")
+    assert done.returncode == 0, done.stderr
+    converted = load_from_disk(str(out))
+    for split in original:
+        assert converted[split]["id"] == original[split]["id"]
+        for a, b in zip(original[split], converted[split], strict=True):
+            info = sf.info(io.BytesIO(b["audio"]["bytes"]))
+            assert (info.format, info.samplerate, info.channels, info.subtype) == ("FLAC", 16000, 1, "PCM_24")
+            assert Path(b["audio"]["path"]).name == f"{a['id']}.flac"
+            reference = decode_audio(a["audio"]["bytes"])
+            stored = sf.read(io.BytesIO(b["audio"]["bytes"]), dtype="float32")[0]
+            assert len(stored) == len(reference) and np.abs(stored - reference).max() <= 1 / 2**23
+        kw = dict(batch_size=4, train=False, n_frames=100, backend="torch", num_workers=0)
+        mel = [torch.cat([x["mel"] for x in make_loader(ds[split], **kw)]) for ds in (original, converted)]
+        # equal but at the end of each clip (the 3 frames over its last sample: resampling the file at once or
+        # the loader's crop of it ends the filter's response differently)
+        end = [round(100 * d) for d in original[split]["duration"]]
+        for m0, m1, e in zip(*mel, end, strict=True):
+            away = torch.cat([torch.arange(e - 2), torch.arange(min(e + 2, m0.shape[1]), m0.shape[1])])
+            assert (m0[:, away] - m1[:, away]).abs().max() <= 1e-3
