@@ -13,7 +13,7 @@ HAVE_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev
 WHISPER_CHECKPOINT ?= $(wildcard $(abspath ../shared/whisper/tiny.en.pt))
 export WHISPER_CHECKPOINT
 
-.PHONY: help demo test test-fast lint format synthetic bench strip clean
+.PHONY: help demo test test-fast gpu-check lint format synthetic bench strip clean
 
 help:
 	@echo "make demo       run both notebooks headless on the synthetic corpus (runs/demo/)"
@@ -21,6 +21,7 @@ help:
 	@echo "make test-fast  the tests without the end-to-end ones (notebooks, subprocesses, torchrun), ~1 min"
 	@echo "make synthetic  build the synthetic corpus in data/synthetic"
 	@echo "make bench      data-loader and encoder benchmarks (appends to BENCHMARKS.md)"
+	@echo "make gpu-check  on an NVIDIA GPU: the cuda tests and the GPU benchmarks (appends to BENCHMARKS.md)"
 	@echo "make lint       ruff; make strip removes notebook outputs"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -52,6 +53,20 @@ synthetic: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) bench/loader.py
 	$(PY) bench/encoder.py
+
+# The GPU path in one command: every step runs (one failing does not hide the others' figures), then the
+# exit status says whether all passed. PY=python3 uses an environment that already holds requirements.txt
+# (with a CUDA build of torch) instead of creating .venv.
+GPU_CHECKS := "$(PY) -m pytest -q -m cuda tests/test_cuda.py" "$(PY) bench/loader.py --flac16k" \
+	"$(PY) bench/encoder.py --models small,medium,large-v3" "$(PY) bench/throughput.py"
+ifeq ($(HAVE_GPU),)
+gpu-check:
+	@printf 'make gpu-check would run:\n'; printf '  %s\n' $(GPU_CHECKS)
+	@echo "make gpu-check: needs an NVIDIA GPU (nvidia-smi finds none here)" >&2; exit 1
+else
+gpu-check: $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV)/.installed)
+	@status=0; for cmd in $(GPU_CHECKS); do echo "== $$cmd"; $$cmd || status=1; done; exit $$status
+endif
 
 strip: $(VENV)/.installed
 	$(VENV)/bin/nbstripout *.ipynb

@@ -8,6 +8,12 @@ callers may pass raw projections. Both losses are computed in at least float32 w
 VAD-aware negatives (``VadNegatives``, this project's addition) change only the *negatives* of an
 anchor, never its positives. With ``vad=None`` or ``vad_negatives=None`` both losses are exactly the
 plain ones of the papers.
+
+Across processes (``gather=True`` under ``torch.distributed``), every process's anchors contrast against
+the views of all processes, as SimCLR and SupCon train on many accelerators: the embeddings are gathered
+with gradients, each process computes the terms of its own anchors, scaled so that the mean of the
+processes' losses is the loss of the concatenated batch and DDP's mean of their gradients is its gradient.
+In one process ``gather`` changes nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -66,7 +74,7 @@ def vad_distance(vad: Tensor) -> Tensor:
 
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1, *, vad: Tensor | None = None,
-            vad_negatives: VadNegatives | None = None) -> Tensor:
+            vad_negatives: VadNegatives | None = None, gather: bool = False) -> Tensor:
     """SimCLR's normalized temperature-scaled cross-entropy (Chen et al., 2020, eq. 1).
 
     z1, z2: [B, D] two views of the same B samples (normalised inside). vad: [B, 3] or None.
@@ -77,16 +85,18 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1, *, vad: Tensor | N
 
     sim is the cosine similarity, t the temperature. Each view's positive is the other view of
     its sample; the 2B - 2 views of the other samples are its negatives. With ``vad`` and
-    ``vad_negatives`` the negatives' terms of the denominator are weighted as in ``supcon``.
+    ``vad_negatives`` the negatives' terms of the denominator are weighted as in ``supcon``. ``gather``:
+    across processes (module docstring).
     """
     if z1.ndim != 2 or z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must both have shape [B, D], got {list(z1.shape)} and {list(z2.shape)}")
-    same = torch.eye(z1.shape[0], dtype=torch.bool, device=z1.device)
-    return _contrastive(torch.stack([z1, z2], dim=1), same, temperature, vad, vad_negatives)
+    z, (vad,), mine = _gather(torch.stack([z1, z2], dim=1), vad, enabled=gather)
+    same = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+    return _contrastive(z, same, temperature, vad, vad_negatives, mine)
 
 
 def supcon(z: Tensor, labels: Tensor, temperature: float = 0.1, *, vad: Tensor | None = None,
-           vad_negatives: VadNegatives | None = None) -> Tensor:
+           vad_negatives: VadNegatives | None = None, gather: bool = False) -> Tensor:
     """Supervised contrastive loss, L_out form (Khosla et al., 2020, eq. 2).
 
     z: [B, V, D] V views of B samples (normalised inside). labels: [B] integer classes.
@@ -112,18 +122,57 @@ def supcon(z: Tensor, labels: Tensor, temperature: float = 0.1, *, vad: Tensor |
     so the kept negatives with known VAD, K(i), average weight 1 (Robinson et al., 2021, with
     the VAD factor d ** alpha added). The weights are constants (computed without gradient),
     as in Robinson et al.'s implementation. Positives are never dropped or reweighted.
+
+    ``gather``: across processes (module docstring).
     """
     if z.ndim != 3:
         raise ValueError(f"z must have shape [B, V, D], got {list(z.shape)}")
     if labels.shape != (z.shape[0],):
         raise ValueError(f"labels must have shape [B] = [{z.shape[0]}], got {list(labels.shape)}")
+    z, (labels, vad), mine = _gather(z, labels.to(z.device), vad, enabled=gather)
     same = labels[:, None] == labels[None, :]
-    return _contrastive(z, same.to(z.device), temperature, vad, vad_negatives)
+    return _contrastive(z, same.to(z.device), temperature, vad, vad_negatives, mine)
+
+
+def _gather(z: Tensor, *others: Tensor | None, enabled: bool) -> tuple[Tensor, tuple[Tensor | None, ...],
+                                                                     Tensor | None]:
+    """Every process's z [B_p, ...] (with gradients to each process's own) and ``others`` [B_p, ...] (labels,
+    VAD; None stays None), concatenated in rank order, and which of the sum(B_p) samples are this process's
+    ([sum B_p] bool); batches may differ in size between processes. Not ``enabled``, outside
+    ``torch.distributed`` or in one process: the inputs as they are and None."""
+    if not (enabled and dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return z, others, None
+    world, b = dist.get_world_size(), z.shape[0]
+    sizes = [torch.zeros(1, dtype=torch.long, device=z.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([b], device=z.device))
+    sizes = [int(n) for n in sizes]
+    most = max(sizes)
+
+    def pad(t: Tensor) -> Tensor:  # all_gather needs equal shapes
+        return torch.cat([t, t.new_zeros((most - b, *t.shape[1:]))])
+
+    def unpad(parts: list[Tensor] | tuple[Tensor, ...]) -> Tensor:
+        return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])
+
+    def plain(t: Tensor | None) -> Tensor | None:
+        if t is None:
+            return None
+        parts = [torch.empty_like(pad(t)) for _ in range(world)]
+        dist.all_gather(parts, pad(t))
+        return unpad(parts)
+
+    mine = torch.zeros(sum(sizes), dtype=torch.bool, device=z.device)
+    start = sum(sizes[:dist.get_rank()])
+    mine[start:start + b] = True
+    return unpad(dist_nn.all_gather(pad(z))), tuple(plain(t) for t in others), mine
 
 
 def _contrastive(z: Tensor, same: Tensor, temperature: float, vad: Tensor | None,
-                 vad_negatives: VadNegatives | None) -> Tensor:
-    """Mean over anchors of -mean_{p in P(i)} log softmax; z [B, V, D], same [B, B] positive samples."""
+                 vad_negatives: VadNegatives | None, mine: Tensor | None = None) -> Tensor:
+    """Mean over anchors of -mean_{p in P(i)} log softmax; z [B, V, D], same [B, B] positive samples.
+
+    ``mine`` [B] bool (``_gather``): only the views of these samples are anchors here, and their summed terms
+    are divided by the anchors of all processes and multiplied by the number of processes."""
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     b, v, _ = z.shape
@@ -138,18 +187,21 @@ def _contrastive(z: Tensor, same: Tensor, temperature: float, vad: Tensor | None
         if vad is not None and vad_negatives is not None:
             if vad.shape != (b, 3):
                 raise ValueError(f"vad must have shape [B, 3] = [{b}, 3], got {list(vad.shape)}")
-            dist = vad_distance(vad.to(device=z.device, dtype=logits.dtype))[sample][:, sample]
-            log_w = _negative_log_weights(logits.detach(), dist, ~same, vad_negatives)
+            distance = vad_distance(vad.to(device=z.device, dtype=logits.dtype))[sample][:, sample]
+            log_w = _negative_log_weights(logits.detach(), distance, ~same, vad_negatives)
         log_w = log_w.masked_fill(self_mask, -math.inf)
 
         has_pos = pos.any(dim=1)
         if not has_pos.any():
             raise ValueError("no anchor has a positive: every label occurs once and there is one view per sample")
         # Rows without positives are removed before the logsumexp so no -inf row reaches backward.
-        logits, log_w, pos = logits[has_pos], log_w[has_pos], pos[has_pos]
+        rows = has_pos if mine is None else has_pos & mine[sample]
+        logits, log_w, pos = logits[rows], log_w[rows], pos[rows]
         log_prob = logits - torch.logsumexp(logits + log_w, dim=1, keepdim=True)
         per_anchor = -torch.where(pos, log_prob, 0.0).sum(dim=1) / pos.sum(dim=1)
-        return per_anchor.mean()
+        if mine is None:
+            return per_anchor.mean()
+        return per_anchor.sum() * dist.get_world_size() / has_pos.sum()
 
 
 def _negative_log_weights(logits: Tensor, dist: Tensor, neg: Tensor, cfg: VadNegatives) -> Tensor:

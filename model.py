@@ -6,7 +6,7 @@
 - ``EmotionModel`` mixes the encoder's layers (or takes the last), pools the frames into an embedding and
   feeds a contrastive projection head, a classification head and an optional valence/arousal/dominance head.
 - ``set_trainable`` freezes parts of the encoder; ``resolve_device`` and ``autocast`` say where and in
-  which precision the model runs.
+  which precision the model runs; ``saved_activation_bytes`` measures what a forward pass keeps for backward.
 
 Weights come from ``checkpoint.py``, which builds these modules from a Whisper checkpoint and saves and
 loads trained models; this module imports nothing of it.
@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import Tensor, nn
 from whisper.audio import N_FRAMES
@@ -182,16 +185,41 @@ class Standardize(nn.BatchNorm1d):
     probe's StandardScaler: the heads see each feature centred and scaled by its spread over clips (pooled
     Whisper features sit far from zero, with spreads that differ widely between features: BENCHMARKS.md).
     A training batch of one clip (the last of an epoch can be) is standardised by the running statistics,
-    as batch statistics need two.
+    as batch statistics need two. Under ``torch.distributed`` a training batch is standardised by the
+    statistics of every process's batch together (all-reduced sums and counts, with gradients, as
+    ``SyncBatchNorm`` does, on any backend), so N processes train as one with their global batch.
     """
 
     def __init__(self, n_state: int):
         super().__init__(n_state, affine=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        """x: [B, D] -> [B, D]."""
+        if self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return self._synchronised(x)
         if self.training and x.shape[0] < 2:
-            return F.batch_norm(x, self.running_mean, self.running_var, training=False, eps=self.eps)
+            return self._by_running_statistics(x)
         return super().forward(x)
+
+    def _by_running_statistics(self, x: Tensor) -> Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, training=False, eps=self.eps)
+
+    def _synchronised(self, x: Tensor) -> Tensor:
+        """Batch statistics over all processes: two all-reduces (sum, then squared deviations from the global
+        mean: no E[x^2] - E[x]^2 cancellation for features far from zero), differentiable."""
+        n = torch.tensor([x.shape[0]], dtype=torch.float64, device=x.device)
+        dist.all_reduce(n)
+        n = int(n.item())
+        if n < 2:
+            return self._by_running_statistics(x)
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))
+        mean = dist_nn.all_reduce(x32.sum(0)) / n
+        var = dist_nn.all_reduce((x32 - mean).pow(2).sum(0)) / n
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_((var * n / (n - 1)).to(self.running_var.dtype), self.momentum)
+        return ((x32 - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
 
 
 class EmotionModel(nn.Module):
@@ -272,14 +300,30 @@ def set_trainable(model: EmotionModel, policy: str) -> int:
     return count
 
 
+def saved_activation_bytes(module: nn.Module, forward: Callable[[], object]) -> int:
+    """Bytes of the tensors that autograd keeps for the backward pass while ``forward()`` runs ``module``:
+    every saved tensor, counted once per storage, ``module``'s parameters excluded."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return sum(storages.values())
 
 
 def resolve_device(device: str | torch.device | None = None, rank: int = 0) -> torch.device:
     """``device`` as a ``torch.device``; None: GPU ``rank`` (the local rank under torchrun) when CUDA is
-    available, else the CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device(f"cuda:{rank}" if torch.cuda.is_available() else "cpu")
+    available, else the CPU. A GPU named without an index ("cuda") is GPU ``rank``."""
+    if device is None:
+        return torch.device(f"cuda:{rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    return torch.device("cuda", rank) if device.type == "cuda" and device.index is None else device
 
 
 def autocast(device: str | torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:

@@ -116,8 +116,9 @@ class Predictor:
     """
 
     def __init__(self, net: modellib.EmotionModel, device: str | torch.device | None = None, *,
-                 hop: float | None = None, batch_size: int = 32):
+                 hop: float | None = None, batch_size: int = 32, precision: str = "auto"):
         self.device = modellib.resolve_device(device)
+        self.amp = modellib.autocast(self.device, precision)  # as training evaluates: bf16 on a GPU
         self.net = net.to(self.device).eval()
         self.labels: list[str] = list(net.config.labels)
         self.n_frames: int = net.config.n_frames
@@ -186,7 +187,8 @@ class Predictor:
             data.eval_features(torch.from_numpy(job.audio[job.starts[i]: job.starts[i] + self.window]),
                                self.n_frames, self.net.config.n_mels)
             for job, i in windows])
-        y = self.net(mel.to(self.device))
+        with self.amp:
+            y = self.net(mel.to(self.device))
         probs = y["logits"].float().softmax(-1).cpu().numpy()
         emb = y["embedding"].float().cpu().numpy()
         vad = y["vad"].float().cpu().numpy() if y["vad"] is not None else None
@@ -268,6 +270,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hop", type=float, default=None, help="window hop in seconds (default: half a window)")
     parser.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--precision", choices=modellib.PRECISIONS, default="auto",
+                        help="auto: bf16 autocast on GPU (as training evaluates), fp32 on CPU")
     parser.add_argument("--embeddings", type=Path, default=None, metavar="OUT.npy",
                         help="write the files' embeddings [N, D] float32 here")
     parser.add_argument("--embeddings-index", type=Path, default=None, metavar="PATH",
@@ -290,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: cannot load checkpoint {args.checkpoint}: {_one_line(e)}", file=sys.stderr)
         return 2
     try:
-        predictor = Predictor(net, device, hop=args.hop, batch_size=args.batch_size)
+        predictor = Predictor(net, device, hop=args.hop, batch_size=args.batch_size, precision=args.precision)
     except ValueError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ statistics.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -25,8 +26,7 @@ import random
 import time
 import types
 import typing
-from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +74,8 @@ class Config:
     vad_beta: float = option(1.0, "VAD-aware negatives: hardness concentration of the negative weights")
     vad_alpha: float = option(1.0, "VAD-aware negatives: power of the VAD distance in the negative weights")
     temperature: float = option(0.1, "contrastive: softmax temperature")
+    gather_negatives: bool = option(True, "contrastive under torchrun: every anchor contrasts against the views of "
+                                          "all processes (the global batch), as SimCLR and SupCon train")
     freeze: str = option("top:2", "what trains (model.set_trainable): heads | all | top:N (the last N encoder blocks)")
     four_class: bool = option(False, "keep neutral / happy (+excited) / sad / angry only")
     layers: str = option("weighted", "encoder output: a learned mix of every layer, or the last", modellib.LAYERS)
@@ -91,6 +93,8 @@ class Config:
     warmup: float = option(0.1, "fraction of all steps spent warming up linearly")
     grad_clip: float = option(1.0, "gradient norm clip (0: off)")
     precision: str = option("auto", "auto: bf16 autocast on GPU, fp32 on CPU", modellib.PRECISIONS)
+    compile: bool = option(False, "torch.compile the model: faster GPU steps (bench/throughput.py) after a minute "
+                                  "or more of compiling; for long runs")
     backend: str = option("auto", "data loader; auto: DALI where it runs, else torch", BACKENDS)
     num_workers: int = option(2, "DALI threads or DataLoader processes")
     skip_nonfinite: bool = option(False, "skip (and count) steps whose loss is not finite instead of stopping")
@@ -200,7 +204,7 @@ def predict_split(net: modellib.EmotionModel, loader: data.Loader, device: torch
     keys = ("index", "emotion", "vad", "probs", "vad_pred", "embedding")
     out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for batch in loader:
-        with amp or nullcontext():
+        with amp or contextlib.nullcontext():
             y = net(batch["mel"].to(device))
         vad_pred = y["vad"] if y["vad"] is not None else torch.full_like(batch["vad"], math.nan)
         values = (batch["index"], batch["emotion"], batch["vad"], y["logits"].float().softmax(-1), vad_pred.float(),
@@ -355,6 +359,8 @@ def build_model(cfg: Config, labels: list[str], device: torch.device) -> modelli
             if dst is not None:
                 dst.load_state_dict(src.state_dict())
     modellib.set_trainable(net, cfg.freeze)
+    if cfg.compile:
+        net.compile()  # in place: the state dict's keys stay those of the plain model
     for head in [net.classifier, net.vad] if cfg.contrastive else [net.projector]:
         if head is not None:
             head.requires_grad_(False)
@@ -362,11 +368,13 @@ def build_model(cfg: Config, labels: list[str], device: torch.device) -> modelli
 
 
 def build_optimizer(cfg: Config, net: modellib.EmotionModel) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters: the encoder's at ``encoder_lr`` (default ``lr``), the rest at ``lr``."""
+    """AdamW over the trainable parameters: the encoder's at ``encoder_lr`` (default ``lr``), the rest at ``lr``;
+    fused into one kernel on a GPU (faster steps: bench/throughput.py)."""
     encoder = [p for p in net.encoder.parameters() if p.requires_grad]
     rest = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
+    fused = next(net.parameters()).device.type == "cuda"
     return torch.optim.AdamW([{"params": rest, "lr": cfg.lr}, {"params": encoder, "lr": cfg.encoder_lr or cfg.lr}],
-                             weight_decay=cfg.weight_decay)
+                             weight_decay=cfg.weight_decay, fused=fused or None)
 
 
 def lr_lambda(total_steps: int, warmup: float):
@@ -391,9 +399,10 @@ def compute_loss(cfg: Config, net: torch.nn.Module, batch: dict[str, torch.Tenso
     if cfg.contrastive:
         b, views = mel.shape[:2]
         z = net(mel.flatten(0, 1))["projection"].float().view(b, views, -1)
+        kw = dict(vad=vad, vad_negatives=vad_negatives, gather=cfg.gather_negatives)
         if cfg.objective == "simclr":
-            return losses.nt_xent(z[:, 0], z[:, 1], cfg.temperature, vad=vad, vad_negatives=vad_negatives)
-        return losses.supcon(z, labels, cfg.temperature, vad=vad, vad_negatives=vad_negatives)
+            return losses.nt_xent(z[:, 0], z[:, 1], cfg.temperature, **kw)
+        return losses.supcon(z, labels, cfg.temperature, **kw)
     y = net(mel)
     loss = F.cross_entropy(y["logits"].float(), labels)
     has_vad = torch.isfinite(vad).all(dim=1)
@@ -428,6 +437,71 @@ def train_step(cfg: Config, net: torch.nn.Module, batch: dict[str, torch.Tensor]
     optimizer.step()
     scheduler.step()
     return loss.item()
+
+
+@dataclass
+class MemoryEstimate:
+    """What a training step holds on its GPU, in bytes: ``fixed`` (weights, gradients and AdamW's two moments)
+    plus ``per_clip`` (activations kept for backward, per training clip with all its views) times the batch;
+    ``available``: what the GPU has for them (free, and what this process already holds)."""
+
+    fixed: int
+    per_clip: int
+    available: int
+
+    def need(self, batch_size: int) -> int:
+        return self.fixed + batch_size * self.per_clip
+
+    def largest_batch(self) -> int:
+        return max(0, (self.available - self.fixed) // max(1, self.per_clip))
+
+    def describe(self, batch_size: int) -> str:
+        gib = 2**30
+        line = (f"GPU memory: about {self.need(batch_size) / gib:.1f} GiB for batch_size {batch_size} (weights, "
+                f"gradients and AdamW {self.fixed / gib:.2f} GiB + {self.per_clip / 2**20:.0f} MiB a clip) of "
+                f"{self.available / gib:.1f} GiB available")
+        if self.need(batch_size) > self.available:
+            line += f"; it will probably not fit: about {self.largest_batch()} clips do"
+        return line
+
+
+def estimate_memory(cfg: Config, net: modellib.EmotionModel, device: torch.device, amp,
+                    available: int | None = None) -> MemoryEstimate:
+    """Measure ``MemoryEstimate`` for ``net`` on ``device``: its parameters, and one training-mode forward pass
+    of two clips (their views) under ``amp`` (``model.saved_activation_bytes``); the model's buffers and the
+    random state are left as they were. ``available`` defaults to the GPU's free memory plus this process's."""
+    trainable = sum(p.numel() * p.element_size() for p in net.parameters() if p.requires_grad)
+    fixed = sum(p.numel() * p.element_size() for p in net.parameters()) + 3 * trainable
+    views = 2 if cfg.contrastive else 1
+    mel = torch.zeros(2 * views, net.config.n_mels, cfg.n_frames, device=device)
+    buffers, was_training = [b.clone() for b in net.buffers()], net.training
+
+    def forward() -> None:
+        with amp:
+            net(mel)
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        per_clip = modellib.saved_activation_bytes(net.train(), forward) // 2
+    net.train(was_training)
+    with torch.no_grad():
+        for b, before in zip(net.buffers(), buffers, strict=True):
+            b.copy_(before)
+    if available is None:
+        available = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device)
+    return MemoryEstimate(fixed, per_clip, available)
+
+
+@contextlib.contextmanager
+def explain_out_of_memory(batch_size: int, estimate: MemoryEstimate | None) -> Iterator[None]:
+    """Re-raise a CUDA out-of-memory error naming the batch size and the largest that the estimate fits."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as e:
+        if estimate is None:
+            raise
+        raise torch.cuda.OutOfMemoryError(
+            f"out of GPU memory at batch_size {batch_size}; by the estimate about {estimate.largest_batch()} "
+            f"clips fit ({estimate.describe(batch_size)}): set batch_size (--batch-size) to that or less") from e
 
 
 @dataclass
@@ -548,10 +622,11 @@ def fit(cfg: Config) -> dict:
     if cfg.resume and last.exists():
         progress = restore_last(last, net, optimizer, scheduler, device)
     log = RunLog(cfg, main, progress)
+    memory = estimate_memory(cfg, net, device, amp) if device.type == "cuda" else None
     if main:
         print(f"{cfg.objective} on {cfg.data}: {len(splits['train'])} train clips, {len(net.config.labels)} labels, "
               f"{sum(p.numel() for p in net.parameters() if p.requires_grad):,} trainable parameters, "
-              f"{world} process(es) on {device}")
+              f"{world} process(es) on {device}" + (f"\n{memory.describe(cfg.batch_size)}" if memory else ""))
 
     def evaluate_and_save(epoch: int) -> dict:
         """Validation metrics; ``best.pt`` when they are the best yet (rank 0 writes, every rank agrees)."""
@@ -577,7 +652,8 @@ def fit(cfg: Config) -> dict:
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not main, leave=False)
         for batch in bar:
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = train_step(cfg, ddp, batch, optimizer, scheduler, vad_negatives, amp, progress.step)
+            with explain_out_of_memory(cfg.batch_size, memory):
+                loss = train_step(cfg, ddp, batch, optimizer, scheduler, vad_negatives, amp, progress.step)
             progress.step += 1
             if loss is None:
                 progress.skipped += 1

@@ -30,22 +30,28 @@ def machine() -> str:
 def record(section: str, row: dict[str, object], path: Path = BENCHMARKS) -> None:
     """Append ``row`` to the markdown table under the heading ``## {section}``.
 
-    The heading and the table's header are created from the row's keys when absent.
+    The heading and the table's header are created from the row's keys when absent; a row whose keys differ
+    from the section's last table (a benchmark that gained a column) starts a new table under it.
     """
     row = {"date": dt.date.today().isoformat(), "machine": machine(), **row}
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     lines = text.rstrip("\n").split("\n")
     heading = f"## {section}"
+    header = "| " + " | ".join(row) + " |"
+    table = [header, "|" + "---|" * len(row)]
     line = "| " + " | ".join(str(v) for v in row.values()) + " |"
     if heading not in lines:
-        header = "| " + " | ".join(row) + " |"
-        rule = "|" + "---|" * len(row)
-        lines += ["", heading, "", header, rule, line]
+        lines += ["", heading, "", *table, line]
     else:
         i = lines.index(heading) + 1
-        while i < len(lines) and not lines[i].startswith("|"):
-            i += 1
-        while i < len(lines) and lines[i].startswith("|"):
-            i += 1
-        lines.insert(i, line)
+        end = next((j for j in range(i, len(lines)) if lines[j].startswith("## ")), len(lines))
+        tables = [j for j in range(i, end) if lines[j].startswith("|") and not lines[j - 1].startswith("|")]
+        if not tables or lines[tables[-1]] != header:
+            last = max((j for j in range(i, end) if lines[j].strip()), default=i - 1)
+            lines[last + 1:last + 1] = ["", *table, line]
+        else:
+            j = tables[-1]
+            while j < end and lines[j].startswith("|"):
+                j += 1
+            lines.insert(j, line)
     path.write_text("\n".join(lines) + "\n")

@@ -37,19 +37,11 @@ MIB = 2**20
 
 def saved_bytes(encoder: modellib.Encoder, mel: torch.Tensor, device: torch.device) -> int:
     """Bytes of the tensors one forward saves for backward (each storage once, parameters excluded)."""
-    params = {p.untyped_storage().data_ptr() for p in encoder.parameters()}
-    storages: dict[int, int] = {}
+    def forward() -> None:
+        with modellib.autocast(device):
+            encoder(mel)
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), modellib.autocast(device):
-        loss = encoder(mel).float().mean()
-    loss.backward()
-    return sum(storages.values())
+    return modellib.saved_activation_bytes(encoder, forward)
 
 
 def measure(name: str, n_frames: int, batch: int, repeats: int, device: torch.device) -> dict[str, float]:

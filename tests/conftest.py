@@ -16,6 +16,16 @@ sys.path.insert(0, str(ROOT))
 from model import DIMS, EmotionModel, ModelConfig  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked ``cuda`` skip, saying why, where PyTorch sees no GPU."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (PyTorch sees none); make gpu-check runs these on one")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
     """A small synthetic corpus (6 speakers x 4 classes x 3 utterances) saved with save_to_disk."""

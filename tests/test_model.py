@@ -85,6 +85,7 @@ def test_autocast_is_bf16_on_gpu_and_off_on_cpu_unless_asked():
 def test_resolve_device():
     assert modellib.resolve_device("cpu") == torch.device("cpu")
     assert modellib.resolve_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert modellib.resolve_device("cuda", rank=1) == torch.device("cuda", 1)  # set_device needs the index
     expected = torch.device("cuda", 1) if torch.cuda.is_available() else torch.device("cpu")
     assert modellib.resolve_device(None, rank=1) == expected
 

@@ -323,3 +323,42 @@ def test_baseline_is_the_probe_on_log_mel_statistics_scored_as_models_are(synthe
     row = splits["test"][0]["audio"]["bytes"]
     mel = data.log_mel(torch.from_numpy(data.decode_audio(row))).numpy()
     np.testing.assert_allclose(train.clip_statistics(row), np.concatenate([mel.mean(1), mel.std(1)]), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- GPU memory guardrails
+
+
+@pytest.mark.parametrize("objective", ["supervised", "supcon"])
+def test_memory_estimate_counts_what_trains_and_leaves_the_model_as_it_was(synthetic_dir, tmp_path, objective):
+    cfg = tiny_config(synthetic_dir, tmp_path, objective=objective)
+    net = random_model(n_frames=100)
+    amp = contextlib.nullcontext()
+    per_clip = {}
+    for freeze in ("heads", "top:1", "all"):
+        train.modellib.set_trainable(net, freeze)
+        net.eval()
+        buffers, rng = [b.clone() for b in net.buffers()], torch.get_rng_state()
+        estimate = train.estimate_memory(cfg, net, torch.device("cpu"), amp, available=2**30)
+        assert all(torch.equal(a, b) for a, b in zip(buffers, net.buffers(), strict=True))
+        assert torch.equal(rng, torch.get_rng_state()) and not net.training
+        trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+        assert estimate.fixed == 4 * sum(p.numel() for p in net.parameters()) + 12 * trainable
+        per_clip[freeze] = estimate.per_clip
+    assert 0 < per_clip["heads"] < per_clip["top:1"] < per_clip["all"]  # frozen blocks keep nothing for backward
+    single = train.estimate_memory(dataclasses.replace(cfg, objective="supervised"), net, torch.device("cpu"), amp,
+                                   available=2**30)
+    if objective == "supcon":  # two views a clip
+        assert estimate.per_clip == pytest.approx(2 * single.per_clip, rel=0.01)
+
+
+def test_out_of_memory_names_the_batch_size_and_what_fits():
+    estimate = train.MemoryEstimate(fixed=2 * 2**30, per_clip=2**28, available=4 * 2**30)
+    assert estimate.largest_batch() == 8
+    assert "probably not fit: about 8 clips" in estimate.describe(16)
+    assert "probably not fit" not in estimate.describe(8)
+    with pytest.raises(torch.cuda.OutOfMemoryError, match=r"batch_size 16; by the estimate about 8 clips fit"):
+        with train.explain_out_of_memory(16, estimate):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="^CUDA out of memory"):  # no estimate: as raised
+        with train.explain_out_of_memory(16, None):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")

@@ -1,0 +1,67 @@
+"""What the benchmarks compute, checked on the CPU: the analytic FLOP count behind MFU against PyTorch's
+own counter, rows added to BENCHMARKS.md tables, and ``make gpu-check`` refusing a machine without a GPU."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import torch
+from conftest import ROOT
+from torch.utils.flop_counter import FlopCounterMode
+from whisper.model import MultiHeadAttention
+
+import checkpoint
+from bench.common import record
+from bench.throughput import encoder_flops, settings
+
+
+@pytest.mark.parametrize("name, n_frames", [("tiny", 300), ("base", 100)])
+def test_encoder_flops_are_what_pytorch_counts(name, n_frames):
+    encoder = checkpoint.load_encoder(f"random:{name}", n_frames=n_frames, device="cpu")
+    mel = torch.randn(2, encoder.dims.n_mels, n_frames)
+    with settings("no SDPA"), FlopCounterMode(display=False) as counter:  # explicit matmuls: every one counted
+        encoder(mel).float().sum().backward()
+    forward = encoder_flops(encoder.dims, n_frames)
+    # PyTorch counts fwd + bwd; the mel needs no gradient, so the first convolution's backward is one product
+    assert counter.get_total_flops() / 2 == pytest.approx(3 * forward, rel=0.03)
+    with settings("no SDPA"), FlopCounterMode(display=False) as counter, torch.no_grad():
+        encoder(mel)
+    assert counter.get_total_flops() / 2 == forward
+
+
+def test_settings_are_restored():
+    sdpa, tf32 = MultiHeadAttention.use_sdpa, torch.backends.cuda.matmul.allow_tf32
+    with settings("no SDPA"):
+        assert not MultiHeadAttention.use_sdpa
+    with settings("+ TF32"):
+        assert MultiHeadAttention.use_sdpa and torch.backends.cuda.matmul.allow_tf32
+    assert (MultiHeadAttention.use_sdpa, torch.backends.cuda.matmul.allow_tf32) == (sdpa, tf32)
+
+
+def test_record_appends_under_its_heading_and_starts_a_table_for_new_columns(tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# Benchmarks\n\n## Loader\n\nHow it runs.\n\n| date | machine | a |\n|---|---|---|\n"
+                    "| 2020-01-01 | old | 1 |\n\n## Other\n\nText.\n")
+    record("Loader", {"a": 2}, path)
+    record("Loader", {"a": 3, "b": 4}, path)
+    record("Loader", {"a": 5, "b": 6}, path)
+    record("New", {"c": 7}, path)
+    text = path.read_text()
+    loader, rest = text.split("## Other")
+    lines = [line.split(" | ")[-1] for line in loader.splitlines() if line.startswith("| 20")]
+    assert lines == ["1 |", "2 |", "4 |", "6 |"]
+    headers = [line for line in loader.splitlines() if line.startswith("| date")]
+    assert headers == ["| date | machine | a |", "| date | machine | a | b |"]
+    assert "Text." in rest and rest.index("## New") > rest.index("Text.") and "| 7 |" in rest
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: make gpu-check would run")
+def test_make_gpu_check_without_a_gpu_says_so_and_fails():
+    proc = subprocess.run(["make", "--no-print-directory", "gpu-check", "HAVE_GPU="], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "make gpu-check: needs an NVIDIA GPU" in proc.stderr.splitlines()[0]
+    assert "bench/throughput.py" in proc.stdout and "-m cuda" in proc.stdout  # what it would run
