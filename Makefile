@@ -12,6 +12,9 @@ HAVE_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev
 # Real pretrained weights for the tests that need them (skipped when absent).
 WHISPER_CHECKPOINT ?= $(wildcard $(abspath ../shared/whisper/tiny.en.pt))
 export WHISPER_CHECKPOINT
+# Real speech for the tests that need it: RAVDESS in its published layout (skipped when absent).
+RAVDESS_DIR ?= $(wildcard $(abspath ../shared/ravdess))
+export RAVDESS_DIR
 
 .PHONY: help demo test test-fast gpu-check lint format synthetic bench strip clean
 

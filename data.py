@@ -40,7 +40,7 @@ import soundfile as sf
 import torch
 from scipy.signal import firwin, kaiserord, resample_poly
 
-from labels import FOUR_CLASS, VAD, merge_label_names, to_four_class
+from labels import FOUR_CLASS, NOT_EMOTIONS, VAD, merge_label_names, to_four_class
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -58,13 +58,16 @@ class AudioError(ValueError):
 # ----------------------------------------------------------------------------- corpora
 
 
-def load_corpus(name_or_path: str | Path | Sequence[str | Path], split: str, *,
-                four_class: bool = False) -> datasets.Dataset:
+def load_corpus(name_or_path: str | Path | Sequence[str | Path], split: str, *, four_class: bool = False,
+                exclude: Sequence[str] = NOT_EMOTIONS) -> datasets.Dataset:
     """One split of a corpus in the schema of prepare.py, or several corpora combined into one.
 
     name_or_path: a ``save_to_disk`` folder (a DatasetDict, or a Dataset that is taken as the split), a
     Hugging Face Hub dataset id, or a list of these. Several corpora are concatenated on the common
     columns ``COLUMNS``, with ``emotion`` re-indexed by name into ``labels.merge_label_names`` of theirs.
+    exclude: leave out the rows labelled with these names (default ``labels.NOT_EMOTIONS``: no agreement,
+    other), keeping the label space; names a corpus does not have are ignored; prints what it leaves out.
+    ``exclude=()`` keeps every row.
     four_class: keep only the rows whose label has a 4-class reduction (``labels.to_four_class``),
     labelled 0-3 by ``FOUR_CLASS``; prints how many rows it drops.
     """
@@ -80,8 +83,11 @@ def load_corpus(name_or_path: str | Path | Sequence[str | Path], split: str, *,
         label_names = merge_label_names([part.features["emotion"].names for _, part in parts])
         ds = datasets.concatenate_datasets([_relabel(part.select_columns(list(COLUMNS)), label_names)
                                             for _, part in parts]).select_columns(list(COLUMNS))
+    where = f"{'+'.join(name for name, _ in parts)} [{split}]"
+    if exclude:
+        ds = _exclude(ds, exclude, where)
     if four_class:
-        ds = _four_class(ds, f"{'+'.join(name for name, _ in parts)} [{split}]")
+        ds = _four_class(ds, where)
     return ds
 
 
@@ -144,6 +150,17 @@ def _relabel(ds: datasets.Dataset, names: list[str]) -> datasets.Dataset:
         if ds.features[column] != feature:
             ds = ds.cast_column(column, feature)
     return ds
+
+
+def _exclude(ds: datasets.Dataset, exclude: Sequence[str], name: str) -> datasets.Dataset:
+    names = ds.features["emotion"].names
+    out = np.isin(np.asarray(ds["emotion"], dtype=np.int64), [names.index(n) for n in exclude if n in names])
+    if not out.any():
+        return ds
+    left_out = {n: int(c) for n, c in zip(names, np.bincount(np.asarray(ds["emotion"])[out], minlength=len(names)),
+                                           strict=True) if c}
+    print(f"exclude: {name}: left out {int(out.sum())} of {len(ds)} rows {left_out}", file=sys.stderr)
+    return ds.select(np.flatnonzero(~out))
 
 
 def _four_class(ds: datasets.Dataset, name: str) -> datasets.Dataset:

@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 VAD = ("valence", "arousal", "dominance")  # the dimensional ratings, each on 0-1 (NaN where unknown)
 EMOTIONS = ["neutral", "happy", "sad", "angry", "fearful", "surprised", "disgusted"]
 FOUR_CLASS = ["neutral", "happy", "sad", "angry"]
+# Labels that are not emotions (MSP-Podcast X and O, IEMOCAP xxx and oth): by default no run trains or scores
+# them (``data.load_corpus(exclude=...)``); they stay in the prepared datasets and in the label space.
+NOT_EMOTIONS = ("no_agreement", "other")
 # Labels merged into a 4-class label by the usual IEMOCAP protocol.
 _FOUR_CLASS_MERGE = {"excited": "happy"}
 

@@ -1,6 +1,7 @@
 """Raw corpora -> Hugging Face ``DatasetDict`` in one schema (``data.schema``); the synthetic corpus.
 
-    python prepare.py ravdess     RAW_DIR OUT_DIR [--test-actors 1,2,3 --validation-actors 4,5] [--skip-bad] [...]
+    python prepare.py ravdess     RAW_DIR OUT_DIR [--fold K | --test-actors 1,2,3 --validation-actors 4,5]
+                                  [--vocal-channel speech|song|both] [--skip-bad] [...]
     python prepare.py iemocap     RAW_DIR OUT_DIR [--test-session N] [--skip-bad] [--push-to-hub REPO_ID]
     python prepare.py msp-podcast RAW_DIR OUT_DIR [--skip-bad] [--push-to-hub REPO_ID]
     python prepare.py synthetic   OUT_DIR [--seed N] [--speakers N] [--per-class N] [--push-to-hub REPO_ID]
@@ -127,6 +128,12 @@ def _build(items: list[_Item], problems: list[tuple[str, str]], features: Featur
 
     The dataset's fingerprint (its cache key) hashes every row and every file's bytes.
     """
+    seen: dict[tuple[str, str], Path] = {}
+    for item in items:
+        first = seen.setdefault((item.split, item.row["id"]), item.path)
+        if first != item.path:
+            raise ValueError(f"duplicate id {item.row['id']!r} in the {item.split} split: {first} and {item.path} "
+                             "(is the corpus unpacked twice under its root?)")
     good = []
     for item in tqdm(items, desc=desc, unit="file"):
         encoded = item.path.read_bytes()
@@ -210,6 +217,10 @@ def _vad(values: list[str], corpus: str) -> list[float]:
 
 _RAVDESS_NAME = re.compile(r"(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)")
 _RAVDESS_CHANNEL = {"01": "speech", "02": "song"}
+VOCAL_CHANNELS = ("speech", "song", "both")
+# EmoBox's six speaker-independent RAVDESS folds: fold -> test actors (the other 20 train and validate).
+EMOBOX_FOLDS = {1: (1, 11, 20, 21), 2: (4, 10, 12, 14), 3: (8, 9, 19, 23), 4: (3, 5, 7, 24), 5: (2, 15, 16, 18),
+                6: (6, 13, 17, 22)}
 _RAVDESS_INTENSITY = {"01": "normal", "02": "strong"}
 _RAVDESS_STATEMENT = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
 
@@ -223,21 +234,42 @@ def ravdess_split(actor: int, test_actors: Collection[int] = (), validation_acto
     return "train" if actor <= 18 else "validation" if actor <= 20 else "test"
 
 
+def emobox_fold(fold: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(test actors, validation actors) of EmoBox's RAVDESS ``fold`` (1-6). Validation: one male (odd) and one
+    female (even) actor among the other 20, the (fold-1)-th of each sorted list, so that folds validate on
+    different actors; the remaining 18 train."""
+    if fold not in EMOBOX_FOLDS:
+        raise ValueError(f"RAVDESS fold must be one of {sorted(EMOBOX_FOLDS)}, got {fold}")
+    test = EMOBOX_FOLDS[fold]
+    rest = [a for a in range(1, 25) if a not in test]
+    males, females = [a for a in rest if a % 2], [a for a in rest if a % 2 == 0]
+    return test, tuple(sorted((males[(fold - 1) % len(males)], females[(fold - 1) % len(females)])))
+
+
 def prepare_ravdess(root: str | Path, *, test_actors: Collection[int] = (), validation_actors: Collection[int] = (),
-                    skip_bad: bool = False, report: str | Path | None = None) -> DatasetDict:
+                    fold: int | None = None, vocal_channel: str = "speech", skip_bad: bool = False,
+                    report: str | Path | None = None) -> DatasetDict:
     """RAVDESS (``Actor_XX/MM-VV-EE-II-SS-RR-AA.wav``, 48 kHz) -> DatasetDict.
 
     File name fields: modality, vocal channel (01 speech, 02 song), emotion (01-08, ``CORPORA``), intensity
     (01 normal, 02 strong), statement (01, 02), repetition, actor (01-24, odd male). Both the flat layout and
     the published zips' ``Audio_*_Actors_01-24/Actor_XX`` are found. Speaker = ``Actor_XX``. Splits by actor:
     see ``ravdess_split``; with ``test_actors``/``validation_actors`` (any speaker-independent split, e.g.
-    folds of a subset of the actors) a split left without rows is a ValueError. No VAD ratings: valence,
-    arousal, dominance are NaN. Extra columns: ``intensity``, ``statement``, ``vocal_channel`` (strings).
+    folds of a subset of the actors) a split left without rows is a ValueError; ``fold`` K takes them from
+    ``emobox_fold(K)``. No VAD ratings: valence, arousal, dominance are NaN. Extra columns: ``intensity``,
+    ``statement``, ``vocal_channel`` (strings). ``vocal_channel``: "speech" (the 1,440 clips of the
+    benchmark; song clips found under ``root`` are left out and counted on stderr), "song" or "both".
 
     Bad input raises one ``BadInputError``; with ``skip_bad`` it is left out and listed in ``report`` (TSV)
     or on stderr.
     """
     root = Path(root)
+    if vocal_channel not in VOCAL_CHANNELS:
+        raise ValueError(f"vocal_channel must be one of {VOCAL_CHANNELS}, got {vocal_channel!r}")
+    if fold is not None:
+        if test_actors or validation_actors:
+            raise ValueError("give either fold or test_actors/validation_actors, not both")
+        test_actors, validation_actors = emobox_fold(fold)
     test_actors, validation_actors = set(test_actors), set(validation_actors)
     if test_actors & validation_actors:
         raise ValueError(f"actors {sorted(test_actors & validation_actors)} are in both the test and validation split")
@@ -245,7 +277,7 @@ def prepare_ravdess(root: str | Path, *, test_actors: Collection[int] = (), vali
     paths = sorted(p for p in root.glob("**/Actor_*/*.wav") if not p.name.startswith("."))
     if not paths:
         raise FileNotFoundError(f"no Actor_XX/*.wav under {root}: not a RAVDESS directory")
-    items, problems = [], []
+    items, problems, other_channel = [], [], 0
     for path in paths:
         match = _RAVDESS_NAME.fullmatch(path.stem)
         if not match:
@@ -262,12 +294,18 @@ def prepare_ravdess(root: str | Path, *, test_actors: Collection[int] = (), vali
         if unknown:
             problems.append((str(path), "; ".join(unknown)))
             continue
+        if vocal_channel != "both" and _RAVDESS_CHANNEL[channel] != vocal_channel:
+            other_channel += 1
+            continue
         row = {"id": path.stem, "emotion": index[codes[emotion]], "valence": math.nan, "arousal": math.nan,
                "dominance": math.nan, "speaker": f"Actor_{actor}", "corpus": "ravdess",
                "intensity": _RAVDESS_INTENSITY[intensity], "statement": _RAVDESS_STATEMENT[statement],
                "vocal_channel": _RAVDESS_CHANNEL[channel]}
         split = ravdess_split(int(actor), test_actors, validation_actors)
         items.append(_Item(path, path.relative_to(root).as_posix(), split, row))
+    if other_channel:
+        print(f"ravdess: left out {other_channel} {'song' if vocal_channel == 'speech' else 'speech'} clips "
+              f"(vocal_channel={vocal_channel!r})", file=sys.stderr)
     if test_actors or validation_actors:
         empty = [s for s in SPLITS if not any(item.split == s for item in items)]
         if empty:
@@ -284,17 +322,18 @@ _IEMOCAP_LINE = re.compile(r"\[(\d+(?:\.\d+)?) - (\d+(?:\.\d+)?)\]\t(\S+)\t(\S+)
                            r"\[([^,\]]+), ([^,\]]+), ([^,\]]+)\]")
 
 
-def iemocap_sessions(test_session: int, sessions: list[int]) -> dict[int, str]:
-    """Leave-one-session-out: ``test_session`` is test, the session numbered just below it is validation
-    (the last one when the test session is the first: 5 -> 4, 1 -> 5), the others are train.
+def iemocap_validation_speaker(test_session: int, sessions: list[int]) -> str:
+    """Leave-one-session-out as SUPERB and EmoBox run it: ``test_session`` is test and the other sessions train,
+    except one speaker of them that validates (speaker-disjoint from training): in the session numbered just
+    below the test session (the last one for the first: 5 -> 4, 1 -> 5), the female speaker when the test
+    session is odd, the male when it is even (5 -> Ses04F, 4 -> Ses03M, 3 -> Ses02F, 2 -> Ses01M, 1 -> Ses05F).
     """
     sessions = sorted(sessions)
     if test_session not in sessions:
         raise ValueError(f"test session {test_session} is not among the sessions found: {sessions}")
-    if len(sessions) < 3:
-        raise ValueError(f"leave-one-session-out needs at least 3 sessions, found {sessions}")
-    validation = sessions[sessions.index(test_session) - 1]
-    return {s: "test" if s == test_session else "validation" if s == validation else "train" for s in sessions}
+    if len(sessions) < 2:
+        raise ValueError(f"leave-one-session-out needs at least 2 sessions, found {sessions}")
+    return f"Ses{sessions[sessions.index(test_session) - 1]:02d}{'F' if test_session % 2 else 'M'}"
 
 
 def prepare_iemocap(root: str | Path, *, test_session: int = 5, skip_bad: bool = False,
@@ -305,9 +344,9 @@ def prepare_iemocap(root: str | Path, *, test_session: int = 5, skip_bad: bool =
     utterance label ``[start - end]<TAB>utt<TAB>code<TAB>[V, A, D]`` (codes in ``CORPORA``; V, A, D =
     valence, activation/arousal, dominance on 1-5, mapped to 0-1); header and annotator lines (``%``,
     ``C-``, ``A-``) are ignored. Speaker = session + the gender letter of the utterance's own part
-    (``Ses01F_impro01_M003`` -> ``Ses01M``). Splits (speaker-disjoint, one session per split): see
-    ``iemocap_sessions`` -- with the default test session 5, validation is session 4 and train 1-3.
-    Extra column: ``session`` (int).
+    (``Ses01F_impro01_M003`` -> ``Ses01M``). Splits (speaker-disjoint): test = ``test_session``, validation =
+    one speaker of another session (``iemocap_validation_speaker``: Ses04F for the default test session 5),
+    train = the other seven speakers of the four other sessions. Extra column: ``session`` (int).
 
     Bad input raises one ``BadInputError``; with ``skip_bad`` it is left out and listed in ``report`` (TSV)
     or on stderr.
@@ -318,7 +357,7 @@ def prepare_iemocap(root: str | Path, *, test_session: int = 5, skip_bad: bool =
                     if d.is_dir() and d.name[len("Session"):].isdigit()}
     if not session_dirs:
         raise FileNotFoundError(f"no SessionN directories under {root}: not an IEMOCAP directory")
-    split_of = iemocap_sessions(test_session, list(session_dirs))
+    validation_speaker = iemocap_validation_speaker(test_session, list(session_dirs))
     items, problems = [], []
     for session, directory in sorted(session_dirs.items()):
         wavs = {p.stem: p for p in sorted((directory / "sentences" / "wav").glob("*/*.wav"))
@@ -354,7 +393,9 @@ def prepare_iemocap(root: str | Path, *, test_session: int = 5, skip_bad: bool =
                 speaker = f"{utt[:5]}{utt.rsplit('_', 1)[-1][0]}"
                 row = {"id": utt, "emotion": index[codes[code]], "valence": valence, "arousal": arousal,
                        "dominance": dominance, "speaker": speaker, "corpus": "iemocap", "session": session}
-                items.append(_Item(wavs[utt], wavs[utt].relative_to(root).as_posix(), split_of[session], row))
+                split = ("test" if session == test_session else
+                         "validation" if speaker == validation_speaker else "train")
+                items.append(_Item(wavs[utt], wavs[utt].relative_to(root).as_posix(), split, row))
         problems += [(str(path), f"no label for {utt} in {directory / 'dialog' / 'EmoEvaluation'}")
                      for utt, path in wavs.items() if utt not in labelled]
     features = _features("iemocap", {"session": Value("int32")})
@@ -627,6 +668,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="RAVDESS: the test actors of a speaker-independent split (the rest train)")
     parser.add_argument("--validation-actors", type=_actors, default=(), metavar="4,5",
                         help="RAVDESS: its validation actors")
+    parser.add_argument("--fold", type=int, choices=sorted(EMOBOX_FOLDS), default=None,
+                        help="ravdess: EmoBox's speaker-independent fold K (prepare.emobox_fold)")
+    parser.add_argument("--vocal-channel", choices=VOCAL_CHANNELS, default="speech",
+                        help="ravdess: which clips (default speech, the benchmark's 1,440)")
     parser.add_argument("--test-session", type=int, default=5, help="IEMOCAP's test session (default 5)")
     parser.add_argument("--flac16k", action="store_true",
                         help="store the audio decoded to 16 kHz mono FLAC instead of the original files: faster "
@@ -642,8 +687,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.corpus == "synthetic":
             dsd = make_synthetic(n_speakers=args.speakers, per_class=args.per_class, seed=args.seed)
         elif args.corpus == "ravdess":
-            dsd = prepare_ravdess(args.raw_dir, test_actors=args.test_actors,
-                                  validation_actors=args.validation_actors, skip_bad=args.skip_bad, report=report)
+            dsd = prepare_ravdess(args.raw_dir, test_actors=args.test_actors, validation_actors=args.validation_actors,
+                                  fold=args.fold, vocal_channel=args.vocal_channel, skip_bad=args.skip_bad,
+                                  report=report)
         elif args.corpus == "iemocap":
             dsd = prepare_iemocap(args.raw_dir, test_session=args.test_session, skip_bad=args.skip_bad,
                                   report=report)

@@ -37,7 +37,7 @@ def embed(cfg: train.Config, split: str, checkpoint_name: str = "best.pt") -> di
     """``train.predict_split`` arrays (embeddings, probabilities, labels, VAD) of ``split`` for a finished run."""
     device = modellib.resolve_device(cfg.device)
     net = checkpoint.load_model(Path(cfg.run_dir) / checkpoint_name, device=device)
-    ds = data.load_corpus(cfg.data, split, four_class=cfg.four_class)
+    ds = cfg.corpus(split)
     loader = data.make_loader(ds, batch_size=cfg.batch_size, train=False, windows=cfg.windows, n_frames=cfg.n_frames,
                               backend=cfg.backend, device=device, num_workers=cfg.num_workers)
     return train.predict_split(net, loader, device)
@@ -134,11 +134,13 @@ def plot_embeddings(pred: dict[str, np.ndarray], label_names: list[str], method:
 
 
 def corpus_table(splits: dict) -> pd.DataFrame:
-    """Clips per emotion (rows) and split (columns), with speaker counts and hours, as a DataFrame."""
+    """Clips per emotion (rows: the classes the splits hold, i.e. those a run trains and scores) and split
+    (columns), with the number of those classes, speakers and hours, as a DataFrame."""
     table = {}
     for name, ds in splits.items():
         names = ds.features["emotion"].names
         counts = pd.Series(ds["emotion"]).map(lambda i, names=names: names[i]).value_counts()
+        counts["classes"] = len(counts)
         counts["speakers"] = len(set(ds["speaker"]))
         counts["hours"] = round(float(np.sum(ds["duration"])) / 3600, 2)
         table[name] = counts

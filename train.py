@@ -46,7 +46,7 @@ import data
 import losses
 import model as modellib
 from data import BACKENDS
-from labels import VAD
+from labels import NOT_EMOTIONS, VAD
 
 OBJECTIVES = ("supervised", "simclr", "supcon")
 BASELINE = "logistic regression on the mean and std over time of the clip's log-mel"
@@ -78,11 +78,16 @@ class Config:
                                           "all processes (the global batch), as SimCLR and SupCon train")
     freeze: str = option("top:2", "what trains (model.set_trainable): heads | all | top:N (the last N encoder blocks)")
     four_class: bool = option(False, "keep neutral / happy (+excited) / sad / angry only")
+    exclude: tuple[str, ...] = option(NOT_EMOTIONS, "labels left out of training and scoring (kept in the label "
+                                                    "space); give the flag alone to keep every row")
     layers: str = option("weighted", "encoder output: a learned mix of every layer, or the last", modellib.LAYERS)
     pooling: str = option("mean", "frames -> clip embedding", modellib.POOLINGS)
     proj_dim: int = option(128, "contrastive projection width")
     vad_weight: float = option(0.0, "supervised: weight of the VAD regression loss next to cross-entropy (> 0 adds "
                                     "the VAD head)")
+    class_weights: str | None = option("balanced", "supervised: cross-entropy class weights; balanced: inverse "
+                                                   "training frequency (the Odyssey 2024 baseline's), none: equal",
+                                       ("balanced", None))
     augment: bool = option(True, "training augmentations (data.Augment: crop, shift, speed, gain, noise, SpecAugment)")
     windows: bool = option(True, "evaluate whole utterances: mean over windows covering each (off: its centre crop)")
     epochs: int = option(10, "training epochs (0: evaluate the model as built, e.g. a probe on the frozen encoder)")
@@ -106,6 +111,7 @@ class Config:
     init: str | None = option(None, "start the representation from a saved model (e.g. a contrastive best.pt)")
 
     def __post_init__(self) -> None:
+        self.exclude = tuple(self.exclude)
         for f in dataclasses.fields(self):
             choices, value = f.metadata["choices"], getattr(self, f.name)
             if choices is not None and value not in choices:
@@ -114,6 +120,10 @@ class Config:
     @property
     def contrastive(self) -> bool:
         return self.objective != "supervised"
+
+    def corpus(self, split: str) -> datasets.Dataset:
+        """The rows of ``split`` this configuration trains or scores on (``data.load_corpus``)."""
+        return data.load_corpus(self.data, split, four_class=self.four_class, exclude=self.exclude)
 
     @classmethod
     def from_namespace(cls, namespace: Mapping[str, object], **fixed: object) -> Config:
@@ -250,23 +260,21 @@ def evaluate(net: modellib.EmotionModel, loaders: dict[str, data.Loader], names:
 
 def linear_probe(train: dict[str, np.ndarray], evals: dict[str, dict[str, np.ndarray]], n_classes: int,
                  seed: int = 0) -> tuple[dict[str, dict], Pipeline]:
-    """Logistic regression (and ridge regression for VAD) on frozen window embeddings of ``train``, scored
-    on each split of ``evals`` (name -> arrays of ``predict_split``) by the mean of its windows'
-    probabilities (and VAD), as ``fold_probe`` + ``predict.py`` score a row; returns (metrics, classifier)."""
-    x, label, vad = train["window_embedding"], train["emotion"][train["window_row"]], train["vad"][train["window_row"]]
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed)).fit(x, label)
+    """Class-balanced logistic regression (and ridge regression for VAD) on the frozen embeddings of ``train``,
+    one per utterance (``predict_split``'s ``embedding``: the mean over its windows), scored the same way on
+    each split of ``evals`` (name -> arrays of ``predict_split``); returns (metrics, classifier)."""
+    x, label, vad = train["embedding"], train["emotion"], train["vad"]
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced",
+                                                             random_state=seed)).fit(x, label)
     has_vad = np.isfinite(vad).all(axis=1)
     reg = None
     if has_vad.sum() >= 2:
         reg = make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(x[has_vad], vad[has_vad])
-    classes = clf[-1].classes_
     results = {}
     for name, split in evals.items():
-        probs = row_mean(clf.predict_proba(split["window_embedding"]), split["window_row"])
-        metrics = classification_metrics(split["emotion"], classes[probs.argmax(1)], n_classes)
+        metrics = classification_metrics(split["emotion"], clf.predict(split["embedding"]), n_classes)
         if reg is not None:
-            metrics.update(vad_metrics(split["vad"], row_mean(reg.predict(split["window_embedding"]),
-                                                              split["window_row"])))
+            metrics.update(vad_metrics(split["vad"], reg.predict(split["embedding"])))
         results[name] = metrics
     return results, clf
 
@@ -309,7 +317,7 @@ def baseline(splits: Mapping[str, datasets.Dataset], seed: int = 0) -> dict[str,
     def arrays(ds: datasets.Dataset) -> dict[str, np.ndarray]:
         cells = ds.select_columns(["audio"])["audio"]
         x = np.stack([clip_statistics(data.encoded_audio(c, f"row {i}"), f"row {i}") for i, c in enumerate(cells)])
-        return {"window_embedding": x, "window_row": np.arange(len(ds)), "emotion": np.array(ds["emotion"]),
+        return {"embedding": x, "emotion": np.array(ds["emotion"]),
                 "vad": np.stack([np.asarray(ds[c], dtype=np.float32) for c in VAD], axis=1)}
 
     evals = {name: arrays(ds) for name, ds in splits.items() if name != "train" and len(ds)}
@@ -389,22 +397,53 @@ def lr_lambda(total_steps: int, warmup: float):
     return f
 
 
+@dataclass
+class Criterion:
+    """What the loss needs beside the batch: VAD-aware negatives (contrastive), class weights [n_labels]
+    (cross-entropy). ``Criterion()``: neither."""
+
+    vad_negatives: losses.VadNegatives | None = None
+    class_weight: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, cfg: Config, train_split: datasets.Dataset, device: torch.device) -> Criterion:
+        """``cfg``'s criterion; "balanced" class weights from the labels of ``train_split``."""
+        weight = None
+        if cfg.class_weights == "balanced" and not cfg.contrastive:
+            n_labels = len(train_split.features["emotion"].names)
+            weight = torch.as_tensor(balanced_weights(np.asarray(train_split["emotion"]), n_labels), device=device)
+        negatives = losses.VadNegatives(cfg.vad_threshold, cfg.vad_beta, cfg.vad_alpha) if cfg.vad_negatives else None
+        return cls(negatives, weight)
+
+
+def balanced_weights(labels: np.ndarray, n_labels: int) -> np.ndarray:
+    """float32 [n_labels]: n / (k n_c) for each of the k classes present (n_c rows of N = n), as sklearn's
+    ``class_weight="balanced"``; 0 for a class without rows (it is never a target)."""
+    counts = np.bincount(labels, minlength=n_labels).astype(np.float64)
+    present = counts > 0
+    weight = np.zeros(n_labels)
+    weight[present] = len(labels) / (present.sum() * counts[present])
+    return weight.astype(np.float32)
+
+
 def compute_loss(cfg: Config, net: torch.nn.Module, batch: dict[str, torch.Tensor],
-                 vad_negatives: losses.VadNegatives | None) -> torch.Tensor:
+                 criterion: Criterion | None = None) -> torch.Tensor:
     """The objective of ``cfg`` on one training batch: the one place where supervised, SimCLR and SupCon differ.
 
-    supervised: cross-entropy on the logits, plus ``vad_weight`` x MSE of the VAD head on the clips with VAD.
+    supervised: cross-entropy on the logits (weighted by ``criterion.class_weight``), plus ``vad_weight`` x MSE
+    of the VAD head on the clips with VAD.
     simclr / supcon: the contrastive loss of the projections of the batch's two views ``mel`` [B, 2, M, T]."""
+    criterion = criterion or Criterion()
     mel, labels, vad = batch["mel"], batch["emotion"], batch["vad"]
     if cfg.contrastive:
         b, views = mel.shape[:2]
         z = net(mel.flatten(0, 1))["projection"].float().view(b, views, -1)
-        kw = dict(vad=vad, vad_negatives=vad_negatives, gather=cfg.gather_negatives)
+        kw = dict(vad=vad, vad_negatives=criterion.vad_negatives, gather=cfg.gather_negatives)
         if cfg.objective == "simclr":
             return losses.nt_xent(z[:, 0], z[:, 1], cfg.temperature, **kw)
         return losses.supcon(z, labels, cfg.temperature, **kw)
     y = net(mel)
-    loss = F.cross_entropy(y["logits"].float(), labels)
+    loss = F.cross_entropy(y["logits"].float(), labels, weight=criterion.class_weight)
     has_vad = torch.isfinite(vad).all(dim=1)
     if y["vad"] is not None and has_vad.any():
         loss = loss + cfg.vad_weight * F.mse_loss(y["vad"].float()[has_vad], vad[has_vad])
@@ -412,7 +451,7 @@ def compute_loss(cfg: Config, net: torch.nn.Module, batch: dict[str, torch.Tenso
 
 
 def train_step(cfg: Config, net: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-               scheduler, vad_negatives: losses.VadNegatives | None, amp, step: int) -> float | None:
+               scheduler, criterion: Criterion | None, amp, step: int) -> float | None:
     """One optimisation step; the loss, or None when ``cfg.skip_nonfinite`` skipped it.
 
     Every rank takes the step or skips it together (a rank that skipped its backward alone would leave the
@@ -420,7 +459,7 @@ def train_step(cfg: Config, net: torch.nn.Module, batch: dict[str, torch.Tensor]
     (``Standardize``'s running statistics) as they were before its forward pass."""
     saved = [b.clone() for b in net.buffers()] if cfg.skip_nonfinite else []
     with amp:
-        loss = compute_loss(cfg, net, batch, vad_negatives)
+        loss = compute_loss(cfg, net, batch, criterion)
     optimizer.zero_grad(set_to_none=True)
     if not all_ranks(float(torch.isfinite(loss)), dist.ReduceOp.MIN, loss.device):
         if not cfg.skip_nonfinite:
@@ -608,7 +647,7 @@ def fit(cfg: Config) -> dict:
     amp = modellib.autocast(device, cfg.precision)
     seed_everything(cfg.seed)
 
-    splits = {s: data.load_corpus(cfg.data, s, four_class=cfg.four_class) for s in ("train", "validation", "test")}
+    splits = {s: cfg.corpus(s) for s in ("train", "validation", "test")}
     train_loader, eval_loaders = build_loaders(cfg, splits, device, rank, world)
     net = build_model(cfg, splits["train"].features["emotion"].names, device)
     optimizer = build_optimizer(cfg, net)
@@ -616,7 +655,7 @@ def fit(cfg: Config) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.epochs * steps_per_epoch, cfg.warmup))
     ddp = torch.nn.parallel.DistributedDataParallel(
         net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
-    vad_negatives = losses.VadNegatives(cfg.vad_threshold, cfg.vad_beta, cfg.vad_alpha) if cfg.vad_negatives else None
+    criterion = Criterion.of(cfg, splits["train"], device)
     last, best = Path(cfg.run_dir) / "last.pt", Path(cfg.run_dir) / "best.pt"
     progress = Progress()
     if cfg.resume and last.exists():
@@ -653,7 +692,7 @@ def fit(cfg: Config) -> dict:
         for batch in bar:
             batch = {k: v.to(device) for k, v in batch.items()}
             with explain_out_of_memory(cfg.batch_size, memory):
-                loss = train_step(cfg, ddp, batch, optimizer, scheduler, vad_negatives, amp, progress.step)
+                loss = train_step(cfg, ddp, batch, optimizer, scheduler, criterion, amp, progress.step)
             progress.step += 1
             if loss is None:
                 progress.skipped += 1
@@ -702,6 +741,8 @@ def _flag(annotation: object) -> dict:
     args = typing.get_args(annotation)
     if annotation is bool:
         return {"action": argparse.BooleanOptionalAction}
+    if typing.get_origin(annotation) is tuple:
+        return {"nargs": "*", "type": args[0]}
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         kinds = [a for a in args if a is not type(None)]
         many = [a for a in kinds if typing.get_origin(a) is list]

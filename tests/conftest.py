@@ -45,6 +45,16 @@ def whisper_checkpoint() -> Path:
     return Path(path)
 
 
+@pytest.fixture(scope="session")
+def ravdess_dir() -> Path:
+    """Real RAVDESS speech in its published layout (env RAVDESS_DIR, e.g. ../shared/ravdess: actors 01-12);
+    skips when it is absent."""
+    path = os.environ.get("RAVDESS_DIR", "")
+    if not path or not Path(path).is_dir():
+        pytest.skip("real RAVDESS speech not available: set RAVDESS_DIR to a RAVDESS folder (Actor_XX/*.wav)")
+    return Path(path)
+
+
 LABELS = ["neutral", "happy", "sad", "angry"]
 
 

@@ -345,6 +345,33 @@ def test_four_class_keeps_mapped_rows_and_reports_the_rest(two_corpora, capsys):
     assert "kept 5 of 8 rows, dropped 3" in report and "'calm': 1" in report and "'frustrated': 1" in report
 
 
+@pytest.fixture(scope="module")
+def msp_and_iemocap(tmp_path_factory, clips) -> list[str]:
+    """MSP-Podcast- and IEMOCAP-like corpora, each with an "other" and a "no agreement" row."""
+    out = tmp_path_factory.mktemp("not_emotions")
+    paths = []
+    for name, labels in (("msp_podcast", ["angry", "other", "no_agreement", "contempt"]),
+                         ("iemocap", ["no_agreement", "frustrated", "other", "sad"])):
+        ds = corpus([encode(x) for x in clips[:4]], labels, label_names(name), corpus_name=name)
+        datasets.DatasetDict({"train": ds}).save_to_disk(str(out / name))
+        paths.append(str(out / name))
+    return paths
+
+
+def test_labels_that_are_not_emotions_are_left_out_unless_asked(msp_and_iemocap, capsys):
+    for path in msp_and_iemocap:
+        ds = data.load_corpus(path, "train")
+        names = ds.features["emotion"].names
+        assert {"other", "no_agreement"} <= set(names)  # the label space keeps them
+        assert len(ds) == 2 and not {names[e] for e in ds["emotion"]} & {"other", "no_agreement"}
+        assert "left out 2 of 4 rows {'no_agreement': 1, 'other': 1}" in capsys.readouterr().err
+        assert len(data.load_corpus(path, "train", exclude=())) == 4
+    both = data.load_corpus(msp_and_iemocap, "train")  # combined: neither corpus's "other" becomes a class
+    assert sorted(both.features["emotion"].names[e] for e in both["emotion"]) == ["angry", "contempt",
+                                                                                  "frustrated", "sad"]
+    assert len(data.load_corpus(msp_and_iemocap, "train", exclude=())) == 8
+
+
 def test_synthetic_corpus_from_disk(synthetic_dir):
     ds = data.load_corpus(synthetic_dir, "validation")
     ld = data.make_loader(ds, batch_size=16, train=False, n_frames=N_FRAMES, num_workers=1)

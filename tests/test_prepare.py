@@ -69,7 +69,7 @@ def make_ravdess(root: Path) -> Path:
 def test_ravdess(tmp_path):
     root = make_ravdess(tmp_path / "RAVDESS")
     extra = {"intensity": Value("string"), "statement": Value("string"), "vocal_channel": Value("string")}
-    dsd = prepare.prepare_ravdess(root)
+    dsd = prepare.prepare_ravdess(root, vocal_channel="both")
     check_schema(dsd, "ravdess", extra)
     assert list(dsd) == ["train", "validation", "test"]
     assert {s: sorted(d["speaker"]) for s, d in dsd.items()} == {
@@ -99,7 +99,7 @@ def test_ravdess_published_zip_layout(tmp_path):
     root = tmp_path / "RAVDESS"
     write_wav(root / "Audio_Speech_Actors_01-24" / "Actor_01" / "03-01-01-01-01-01-01.wav", 0.3, 48000)
     write_wav(root / "Audio_Song_Actors_01-24" / "Actor_22" / "03-02-03-01-01-01-22.wav", 0.3, 48000)
-    dsd = prepare.prepare_ravdess(root)
+    dsd = prepare.prepare_ravdess(root, vocal_channel="both")
     assert dsd["train"]["id"] == ["03-01-01-01-01-01-01"]
     assert dsd["test"]["speaker"] == ["Actor_22"]
     assert len(dsd["validation"]) == 0
@@ -115,13 +115,85 @@ def test_ravdess_split_by_actor():
 
 def test_ravdess_any_speaker_independent_split(tmp_path):
     root = make_ravdess(tmp_path / "RAVDESS")  # actors 01, 02, 19, 20, 21, 24
-    dsd = prepare.prepare_ravdess(root, test_actors=[1, 24], validation_actors=[19])
+    dsd = prepare.prepare_ravdess(root, test_actors=[1, 24], validation_actors=[19], vocal_channel="both")
     assert {s: sorted(set(d["speaker"])) for s, d in dsd.items()} == {
         "train": ["Actor_02", "Actor_20", "Actor_21"], "validation": ["Actor_19"], "test": ["Actor_01", "Actor_24"]}
     with pytest.raises(ValueError, match=r"the validation split would be empty.*actors found \[1, 2, 19, 20, 21, 24\]"):
-        prepare.prepare_ravdess(root, test_actors=[1], validation_actors=[13])
+        prepare.prepare_ravdess(root, test_actors=[1], validation_actors=[13], vocal_channel="both")
     with pytest.raises(ValueError, match=r"actors \[2\] are in both"):
         prepare.prepare_ravdess(root, test_actors=[1, 2], validation_actors=[2])
+
+
+def test_ravdess_is_speech_unless_asked(tmp_path, capsys):
+    root = make_ravdess(tmp_path / "RAVDESS")  # 5 speech clips, 2 song clips
+    channels = {}
+    for channel in prepare.VOCAL_CHANNELS:
+        dsd = prepare.prepare_ravdess(root, **({} if channel == "speech" else {"vocal_channel": channel}))
+        channels[channel] = sorted(v for d in dsd.values() for v in d["vocal_channel"])
+    assert channels == {"speech": ["speech"] * 5, "song": ["song"] * 2, "both": ["song"] * 2 + ["speech"] * 5}
+    err = capsys.readouterr().err
+    assert "left out 2 song clips (vocal_channel='speech')" in err and "left out 5 speech clips" in err
+    with pytest.raises(ValueError, match="vocal_channel must be one of"):
+        prepare.prepare_ravdess(root, vocal_channel="singing")
+
+
+def test_ravdess_unpacked_twice_is_refused_naming_both_files(tmp_path):
+    root = make_ravdess(tmp_path / "RAVDESS")
+    copy = root / "Audio_Speech_Actors_01-24" / "Actor_01" / "03-01-01-01-01-01-01.wav"
+    write_wav(copy, 0.5, 48000)
+    with pytest.raises(ValueError, match=r"duplicate id '03-01-01-01-01-01-01' in the train split: .*"
+                                         r"Actor_01/03-01-01-01-01-01-01.wav and .*Audio_Speech_Actors_01-24"):
+        prepare.prepare_ravdess(root)
+
+
+def test_ravdess_emobox_folds():
+    actors = set(range(1, 25))
+    tests = [prepare.emobox_fold(k)[0] for k in range(1, 7)]
+    assert tests == [(1, 11, 20, 21), (4, 10, 12, 14), (8, 9, 19, 23), (3, 5, 7, 24), (2, 15, 16, 18),
+                     (6, 13, 17, 22)]
+    assert sorted(a for t in tests for a in t) == sorted(actors)  # every actor tested once
+    for k in range(1, 7):
+        test, validation = prepare.emobox_fold(k)
+        train = actors - set(test) - set(validation)
+        assert len(validation) == 2 and {a % 2 for a in validation} == {0, 1}  # one male, one female
+        assert not set(validation) & set(test) and len(train) == 18
+        assert {prepare.ravdess_split(a, test, validation) for a in test} == {"test"}
+    assert len({prepare.emobox_fold(k)[1] for k in range(1, 7)}) == 6
+    with pytest.raises(ValueError, match="fold must be one of"):
+        prepare.emobox_fold(7)
+
+
+def test_ravdess_fold_prepares_its_actors(tmp_path, run_cli):
+    root = make_ravdess(tmp_path / "RAVDESS")  # actors 01, 02 (song only), 19, 20, 21, 24 (song only)
+    out = tmp_path / "fold1"  # test 1, 11, 20, 21; validation 2, 3
+    done = run_cli("ravdess", str(root), str(out), "--fold", "1")
+    assert done.returncode == 1 and "the validation split would be empty" in done.stderr  # speech: none of 2, 3
+    done = run_cli("ravdess", str(root), str(out), "--fold", "1", "--vocal-channel", "both")
+    assert done.returncode == 0, done.stderr
+    dsd = load_from_disk(str(out))
+    assert {s: sorted(set(d["speaker"])) for s, d in dsd.items()} == {
+        "train": ["Actor_19", "Actor_24"], "validation": ["Actor_02"], "test": ["Actor_01", "Actor_20", "Actor_21"]}
+    done = run_cli("ravdess", str(root), str(out), "--fold", "1", "--test-actors", "5")
+    assert done.returncode == 1 and "either fold or test_actors" in done.stderr
+
+
+def test_real_ravdess_speech(ravdess_dir, run_cli, tmp_path):
+    """The published RAVDESS files as a user brings them: every actor's 60 speech clips, the stereo ones
+    downmixed, and the speaker-independent split of bench/folds.py's first fold."""
+    out = tmp_path / "ravdess"
+    done = run_cli("ravdess", str(ravdess_dir), str(out), "--test-actors", "1,2,3", "--validation-actors", "4,5")
+    assert done.returncode == 0, done.stderr
+    dsd = load_from_disk(str(out))
+    actors = sorted({int(s[-2:]) for d in dsd.values() for s in d["speaker"]})
+    assert {s: len(d) for s, d in dsd.items()} == {"train": 60 * (len(actors) - 5), "validation": 120, "test": 180}
+    assert {s: sorted({int(a[-2:]) for a in d["speaker"]}) for s, d in dsd.items()} == {
+        "train": actors[5:], "validation": [4, 5], "test": [1, 2, 3]}
+    assert set(dsd["train"]["vocal_channel"]) == {"speech"} and speakers_disjoint(dsd)
+    stereo = [row for d in dsd.values() for row in d if sf.info(io.BytesIO(row["audio"]["bytes"])).channels == 2]
+    assert stereo, "the published speech has stereo files (README: three among actors 01-12)"
+    for row in stereo:
+        audio = decode_audio(row["audio"]["bytes"], name=row["id"])
+        assert audio.ndim == 1 and len(audio) == pytest.approx(16000 * row["duration"], abs=2)
 
 
 # --------------------------------------------------------------------------- IEMOCAP
@@ -161,9 +233,10 @@ def test_iemocap(tmp_path):
     root = make_iemocap(tmp_path / "IEMOCAP")
     dsd = prepare.prepare_iemocap(root, test_session=3)
     check_schema(dsd, "iemocap", {"session": Value("int32")})
-    assert {s: d["session"] for s, d in dsd.items()} == {"train": [1, 1], "validation": [2, 2], "test": [3, 3]}
+    assert {s: sorted(d["session"]) for s, d in dsd.items()} == {"train": [1, 1, 2], "validation": [2],
+                                                                 "test": [3, 3]}
     assert {s: sorted(d["speaker"]) for s, d in dsd.items()} == {
-        "train": ["Ses01F", "Ses01M"], "validation": ["Ses02F", "Ses02M"], "test": ["Ses03F", "Ses03M"]}
+        "train": ["Ses01F", "Ses01M", "Ses02M"], "validation": ["Ses02F"], "test": ["Ses03F", "Ses03M"]}
     rows = {row["id"]: row for data in dsd.values() for row in data}
     assert set(rows) == {utt for utts in IEMOCAP_LABELS.values() for utt in utts}
     names = label_names("iemocap")
@@ -181,10 +254,15 @@ def test_iemocap(tmp_path):
 
 def test_iemocap_leave_one_session_out(tmp_path):
     root = make_iemocap(tmp_path / "IEMOCAP")
-    dsd = prepare.prepare_iemocap(root, test_session=1)
-    assert {s: set(d["session"]) for s, d in dsd.items()} == {"train": {2}, "validation": {3}, "test": {1}}
-    assert prepare.iemocap_sessions(5, [1, 2, 3, 4, 5]) == {1: "train", 2: "train", 3: "train", 4: "validation",
-                                                           5: "test"}
+    for test_session, validation in ((1, "Ses03F"), (2, "Ses01M")):  # test 1: the session below is the last, 3
+        dsd = prepare.prepare_iemocap(root, test_session=test_session)
+        assert set(dsd["test"]["session"]) == {test_session}
+        assert set(dsd["validation"]["speaker"]) == {validation}
+        others = {1, 2, 3} - {test_session}
+        assert set(dsd["train"]["session"]) | set(dsd["validation"]["session"]) == others  # the other sessions
+        assert speakers_disjoint(dsd)
+    assert [prepare.iemocap_validation_speaker(s, [1, 2, 3, 4, 5]) for s in range(1, 6)] == [
+        "Ses05F", "Ses01M", "Ses02F", "Ses03M", "Ses04F"]
     with pytest.raises(ValueError, match="test session 4 is not among the sessions found"):
         prepare.prepare_iemocap(root, test_session=4)
 
@@ -308,7 +386,8 @@ BAD = {  # name -> (corpus, mutation of the replica, where (relative), reason)
                                 "no audio file"),
 }
 MAKE = {"ravdess": make_ravdess, "iemocap": make_iemocap, "msp_podcast": make_msp}
-PREPARE = {"ravdess": prepare.prepare_ravdess, "msp_podcast": prepare.prepare_msp_podcast,
+PREPARE = {"ravdess": lambda root, **kw: prepare.prepare_ravdess(root, vocal_channel="both", **kw),
+           "msp_podcast": prepare.prepare_msp_podcast,
            "iemocap": lambda root, **kw: prepare.prepare_iemocap(root, test_session=3, **kw)}
 N_GOOD = {"ravdess": len(RAVDESS_FILES), "iemocap": 6, "msp_podcast": len(MSP_ROWS)}
 
@@ -490,7 +569,8 @@ def test_cli_ravdess_actor_split(tmp_path, run_cli):
     out = tmp_path / "fold"
     done = run_cli("ravdess", str(root), str(out), "--test-actors", "1,24", "--validation-actors", "19")
     assert done.returncode == 0, done.stderr
-    assert "train: 3 rows\nvalidation: 1 rows\ntest: 3 rows\n" in done.stdout
+    assert "train: 2 rows\nvalidation: 1 rows\ntest: 2 rows\n" in done.stdout  # the song clips of 02, 24 left out
+    assert "ravdess: left out 2 song clips" in done.stderr
     done = run_cli("ravdess", str(root), str(out), "--test-actors", "1,x")
     assert done.returncode == 2 and "actor numbers separated by commas" in done.stderr
 

@@ -47,6 +47,7 @@ def test_tables(tmp_path, synthetic_dir):
     splits = {s: data.load_corpus(synthetic_dir, s) for s in ("train", "test")}
     table = report.corpus_table(splits)
     assert table.loc["speakers"].tolist() == [4, 1] and table["train"][:4].sum() == len(splits["train"])
+    assert table.loc["classes"].tolist() == [4, 4]
     for fold, ua in (("fold1", 0.5), ("fold2", 0.7)):
         (tmp_path / fold).mkdir()
         metrics = {"ua": ua, "wa": ua, "macro_f1": ua, "n": 10, "confusion": [[1]]}

@@ -23,6 +23,7 @@ from conftest import ROOT, random_model
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.class_weight import compute_class_weight
 
 import checkpoint
 import data
@@ -120,6 +121,26 @@ def test_config_from_a_notebook_namespace():
     assert dataclasses.replace(cfg, data="data/synthetic", epochs=10, objective="supervised") == train.Config()
 
 
+def test_balanced_class_weights_are_sklearns_and_weight_the_cross_entropy():
+    labels = np.array([0, 0, 0, 1, 3, 3])
+    weight = train.balanced_weights(labels, 5)
+    present = np.unique(labels)
+    assert np.allclose(weight[present], compute_class_weight("balanced", classes=present, y=labels))
+    assert weight[2] == weight[4] == 0.0
+    net = random_model(vad_head=False, pooling="mean").eval()
+    batch = {"mel": torch.randn(6, 80, 100), "emotion": torch.as_tensor(labels) % 4, "vad": torch.rand(6, 3)}
+    w = torch.as_tensor(train.balanced_weights(batch["emotion"].numpy(), 4))
+    loss = train.compute_loss(train.Config(), net, batch, train.Criterion(class_weight=w))
+    logits = net(batch["mel"])["logits"]
+    assert torch.allclose(loss, F.cross_entropy(logits, batch["emotion"], weight=w))
+    assert not torch.allclose(loss, F.cross_entropy(logits, batch["emotion"]))
+    ds = datasets.Dataset.from_dict({"emotion": [0, 0, 0, 1]},
+                                    features=datasets.Features({"emotion": datasets.ClassLabel(names=list("abcd"))}))
+    assert train.Criterion.of(train.Config(), ds, torch.device("cpu")).class_weight.tolist() == pytest.approx(
+        [2 / 3, 2, 0, 0])
+    assert train.Criterion.of(train.Config(class_weights=None), ds, torch.device("cpu")).class_weight is None
+
+
 def test_one_loss_function_for_every_objective():
     net = random_model(vad_head=True, pooling="mean").train()
     torch.manual_seed(1)
@@ -136,7 +157,7 @@ def test_one_loss_function_for_every_objective():
     views = {**batch, "mel": torch.randn(4, 2, 80, 100)}
     for objective in ("simclr", "supcon"):
         cfg = train.Config(objective=objective)
-        loss = train.compute_loss(cfg, net, views, losses.VadNegatives())
+        loss = train.compute_loss(cfg, net, views, train.Criterion(losses.VadNegatives()))
         z = net(views["mel"].flatten(0, 1))["projection"].view(4, 2, -1)
         expected = (losses.nt_xent(z[:, 0], z[:, 1], 0.1, vad=batch["vad"], vad_negatives=losses.VadNegatives())
                     if objective == "simclr" else
@@ -310,6 +331,25 @@ def test_window_evaluation_scores_each_clip_as_predict_does(synthetic_dir):
         np.testing.assert_allclose(pred["probs"][row], [p.probabilities[n] for n in net.config.labels], atol=1e-4)
         np.testing.assert_allclose(pred["vad_pred"][row], [p.vad[n] for n in VAD], atol=1e-4)
         np.testing.assert_allclose(pred["embedding"][row], p.embedding, atol=1e-4)
+
+
+def test_linear_probe_is_class_balanced_and_fitted_per_utterance():
+    rng = np.random.default_rng(0)
+
+    def arrays(n0: int, n1: int) -> dict[str, np.ndarray]:
+        y = np.array([0] * n0 + [1] * n1)
+        return {"embedding": rng.normal(size=(len(y), 8)) + 0.8 * y[:, None], "emotion": y,
+                "vad": np.full((len(y), 3), np.nan), "window_embedding": np.zeros((1, 8))}  # windows: unused
+
+    fit_on, score_on = arrays(36, 6), arrays(20, 20)
+    metrics, probe = train.linear_probe(fit_on, {"test": score_on}, n_classes=2)
+    x, y = fit_on["embedding"], fit_on["emotion"]
+    reference = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced",
+                                                                   random_state=0)).fit(x, y)
+    expected = train.classification_metrics(score_on["emotion"], reference.predict(score_on["embedding"]), 2)
+    assert metrics["test"] == expected
+    unbalanced = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, y)
+    assert (unbalanced.predict(score_on["embedding"]) != probe.predict(score_on["embedding"])).any()
 
 
 def test_baseline_is_the_probe_on_log_mel_statistics_scored_as_models_are(synthetic_dir):
