@@ -314,10 +314,11 @@ class Augment:
     """Training augmentations, each applied with its probability ``p_*`` per clip and view.
 
     crop: random crop position (otherwise the centre). shift: move the crop by up to ``max_shift`` seconds
-    either way (zeros where it leaves the clip). speed: resample by a factor in ``speed`` (quantised to
-    0.01; pitch and tempo change together). gain: uniform in ``gain_db``. noise: white, pink or brown at
-    a uniform SNR in ``snr_db``. Masks (SpecAugment) on the log-mel, filled with 0: ``n_time_masks`` of up
-    to ``time_mask`` frames, ``n_freq_masks`` of up to ``freq_mask`` mel bins.
+    either way, within the clip (a clip is only ever padded at its end, as in evaluation). speed: resample
+    by a factor in ``speed`` (quantised to 0.01; pitch and tempo change together). gain: uniform in
+    ``gain_db``. noise: white, pink or brown at a uniform SNR in ``snr_db``, on the clip, not its padding.
+    Masks (SpecAugment) on the log-mel, filled with 0: ``n_time_masks`` of up to ``time_mask`` frames,
+    ``n_freq_masks`` of up to ``freq_mask`` mel bins.
     """
 
     crop: bool = True
@@ -350,14 +351,18 @@ class Augment:
 class BatchDraw:
     """Random parameters of one batch, arrays [B, views]: what both backends apply.
 
-    start, length: the crop, in samples at the file's rate (start < 0 or beyond the end reads zeros);
-    margin: samples of context read on either side of it, so that the filters see no edge (``_MARGIN``);
-    speed: resampling factor (0.01 steps); gain: linear; noise: colour index and offset into the noise
-    bank, amplitude relative to the clip's RMS (0 = no noise); time_mask / freq_mask: [B, views, n] 1/0.
+    start, length: the crop, in samples at the file's rate (start >= 0; beyond the clip's end reads zeros);
+    samples, frames: how much of the crop's output (16 kHz samples, mel frames) holds the clip, the rest
+    being padding; margin: samples of context read on either side of the crop, so that the filters see no
+    edge (``_MARGIN``); speed: resampling factor (0.01 steps); gain: linear; noise: colour index and offset
+    into the noise bank, amplitude relative to the clip's RMS (0 = no noise), added to the clip's samples
+    only; time_mask / freq_mask: [B, views, n] 1/0.
     """
 
     start: np.ndarray
     length: np.ndarray
+    samples: np.ndarray
+    frames: np.ndarray
     margin: np.ndarray
     speed: np.ndarray
     gain: np.ndarray
@@ -368,15 +373,15 @@ class BatchDraw:
     freq_mask: np.ndarray
 
 
-def draw_batch(rng: np.random.Generator, aug: Augment, frames: np.ndarray, rates: np.ndarray, views: int,
+def draw_batch(rng: np.random.Generator, aug: Augment, clip_samples: np.ndarray, rates: np.ndarray, views: int,
                n_frames: int, n_mels: int, bank: int, windows: np.ndarray | None = None) -> BatchDraw:
-    """Every random parameter of a batch of clips with ``frames`` samples at ``rates`` Hz ([B] each).
+    """Every random parameter of a batch of clips of ``clip_samples`` samples at ``rates`` Hz ([B] each).
 
     windows: [B] start of each clip's crop in 16 kHz samples (evaluation windows) instead of the random
     (``aug.crop``) or centre crop."""
-    shape = (len(frames), views)
+    shape = (len(clip_samples), views)
     n = n_frames * HOP_LENGTH
-    frames, rates = frames[:, None], rates[:, None]
+    clip_samples, rates = clip_samples[:, None], rates[:, None]
 
     def maybe(p: float) -> np.ndarray:
         return rng.random(shape) < p
@@ -386,7 +391,7 @@ def draw_batch(rng: np.random.Generator, aug: Augment, frames: np.ndarray, rates
     ratio = rates * speed / SAMPLE_RATE  # input samples per output sample
     length = np.ceil(n * ratio).astype(np.int64)
     margin = np.ceil(_MARGIN * ratio).astype(np.int64)
-    room = np.maximum(frames - length, 0)
+    room = np.maximum(clip_samples - length, 0)
     if windows is not None:
         start = np.broadcast_to(np.round(windows[:, None] * rates / SAMPLE_RATE).astype(np.int64), shape)
     elif aug.crop:
@@ -394,7 +399,9 @@ def draw_batch(rng: np.random.Generator, aug: Augment, frames: np.ndarray, rates
     else:
         start = np.broadcast_to(room // 2, shape)
     shift = np.where(maybe(aug.p_shift), rng.uniform(-1, 1, shape) * aug.max_shift * SAMPLE_RATE, 0)
-    start = start - np.round(shift * ratio).astype(np.int64)
+    start = np.clip(start - np.round(shift * ratio).astype(np.int64), 0, room)
+    samples = np.minimum(np.ceil(np.clip(clip_samples - start, 0, length) / ratio).astype(np.int64), n)
+    valid = np.maximum(np.minimum(-(-samples // HOP_LENGTH), n_frames), 1)
     gain = np.where(maybe(aug.p_gain), 10 ** (rng.uniform(*aug.gain_db, shape) / 20), 1.0)
     noise = np.where(maybe(aug.p_noise), 10 ** (-rng.uniform(*aug.snr_db, shape) / 20), 0.0)
     color = rng.integers(0, len(NOISE_COLORS), shape)
@@ -410,8 +417,21 @@ def draw_batch(rng: np.random.Generator, aug: Augment, frames: np.ndarray, rates
 
     time_mask = masks(aug.p_time_mask, aug.n_time_masks, aug.time_mask, n_frames)
     freq_mask = masks(aug.p_freq_mask, aug.n_freq_masks, aug.freq_mask, n_mels)
-    return BatchDraw(start, length, margin, speed, gain.astype(np.float32), color, offset,
-                     noise.astype(np.float32), time_mask.astype(np.float32), freq_mask.astype(np.float32))
+    return BatchDraw(start, length, np.maximum(samples, 1), valid, margin, speed, gain.astype(np.float32), color,
+                     offset, noise.astype(np.float32), time_mask.astype(np.float32), freq_mask.astype(np.float32))
+
+
+def _clip_noise(bank: np.ndarray, color: int, offset: int, n: int, samples: int) -> np.ndarray:
+    """[n] noise of ``color`` from ``offset`` in the bank, zero after the clip's first ``samples`` (its padding)."""
+    noise = bank[color, offset: offset + n].copy()
+    noise[samples:] = 0.0
+    return noise
+
+
+def _noise_level(d: BatchDraw, n: int) -> np.ndarray:
+    """[B, views] noise amplitude per unit of the RMS of a whole window of ``n`` samples: the drawn level relative
+    to the clip's own RMS, which is the window's over the ``samples`` that hold the clip (the rest is padding)."""
+    return (d.noise * np.sqrt(n / d.samples)).astype(np.float32)
 
 
 @lru_cache(maxsize=4)
@@ -435,7 +455,9 @@ class Loader:
     """Batches of one shard of a dataset, one epoch per iteration; ``len()`` batches per epoch.
 
     Each batch: ``mel`` float32 [B, n_mels, n_frames] ([B, views, n_mels, n_frames] when views > 1),
-    ``emotion`` int64 [B], ``vad`` float32 [B, 3] (NaN where unknown), ``index`` int64 [B] (rows of ``ds``).
+    ``frames`` int64 [B] ([B, views]): how many of the mel frames hold the clip (a clip shorter than the crop
+    is zero-padded at its end, in training as in evaluation), ``emotion`` int64 [B], ``vad`` float32 [B, 3]
+    (NaN where unknown), ``index`` int64 [B] (rows of ``ds``).
     Training visits this shard's part of a permutation drawn from (seed, epoch); evaluation visits the rows
     in order. Every row of the shard comes exactly once per epoch, the last batch may be smaller.
     With ``windows`` (evaluation only) a row comes once per window instead of as one centre crop: windows
@@ -528,8 +550,9 @@ class TorchLoader(Loader):
         batches = _TorchBatches(self, self.batches())
         loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False,
                                              num_workers=self.num_workers)
-        for items, mel in loader:
-            yield {"mel": mel.to(self.device, non_blocking=True), **self._targets(items.numpy())}
+        for items, mel, frames in loader:
+            yield {"mel": mel.to(self.device, non_blocking=True), "frames": frames.to(self.device),
+                   **self._targets(items.numpy())}
         self.epoch += 1
 
 
@@ -540,15 +563,15 @@ class _TorchBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(items [B], mel) of batch ``i``."""
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(items [B], mel, frames) of batch ``i``."""
         lo, items = self.loader, self.batches[i]
         rows = lo.rows[items]
         decoded = [_decode(data, lo._row_name(row)) for row, data in zip(rows, lo._encoded(rows), strict=True)]
-        frames = np.array([len(a) for a, _ in decoded])
+        clip_samples = np.array([len(a) for a, _ in decoded])
         rates = np.array([r for _, r in decoded])
-        d = draw_batch(lo._rng(i), lo.augment, frames, rates, lo.views, lo.n_frames, lo.n_mels, lo.bank_size,
-                       lo._window_start(items))
+        d = draw_batch(lo._rng(i), lo.augment, clip_samples, rates, lo.views, lo.n_frames, lo.n_mels,
+                       lo.bank_size, lo._window_start(items))
         n = lo.n_frames * HOP_LENGTH
         bank = noise_bank(lo.seed, lo.bank_size) if lo.augment.p_noise > 0 else None
         wave = np.zeros((len(rows), lo.views, n), np.float32)
@@ -565,14 +588,15 @@ class _TorchBatches(torch.utils.data.Dataset):
                 wave[b, v, : len(x)] = x
         wave *= d.gain[..., None]
         if bank is not None:
-            noise = np.stack([[bank[c, o: o + n] for c, o in zip(cs, os, strict=True)]
-                              for cs, os in zip(d.color, d.offset, strict=True)])
+            noise = np.stack([[_clip_noise(bank, c, o, n, s) for c, o, s in zip(cs, os, ss, strict=True)]
+                              for cs, os, ss in zip(d.color, d.offset, d.samples, strict=True)])
             rms = np.sqrt((wave.astype(np.float64) ** 2).mean(axis=-1, keepdims=True)).astype(np.float32)
-            wave += noise * rms * d.noise[..., None]
+            wave += noise * rms * _noise_level(d, n)[..., None]
         mel = log_mel(torch.from_numpy(wave), lo.n_mels)
         if lo.augment.masks:
             mel = mel * torch.from_numpy(d.freq_mask[..., :, None] * d.time_mask[..., None, :])
-        return torch.from_numpy(items), mel[:, 0] if lo.views == 1 else mel
+        one = lo.views == 1
+        return torch.from_numpy(items), mel[:, 0] if one else mel, torch.from_numpy(d.frames[:, 0] if one else d.frames)
 
 
 class DaliLoader(Loader):
@@ -587,7 +611,7 @@ class DaliLoader(Loader):
         # DALI pipeline to the garbage collector, which could run it down in a forked worker (a hang).
         self._active: weakref.ref | None = None
         self._todo: deque[tuple[int, np.ndarray]] = deque()  # batches not yet handed to DALI
-        self._fed: deque[np.ndarray] = deque()  # batches handed to DALI, not yet out
+        self._fed: deque[tuple[np.ndarray, np.ndarray]] = deque()  # (items, frames) handed to DALI, not yet out
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         previous = self._active() if self._active is not None else None
@@ -611,7 +635,9 @@ class DaliLoader(Loader):
                     break
                 except RuntimeError as e:
                     raise self._explain(e) from e
-                yield {"mel": self._to_torch(out), **self._targets(self._fed.popleft())}
+                items, frames = self._fed.popleft()
+                yield {"mel": self._to_torch(out), "frames": torch.from_numpy(frames).to(self.device),
+                       **self._targets(items)}
         except GeneratorExit:  # abandoned mid-epoch: let DALI run out of what it has prefetched
             self._todo.clear()
             with contextlib.suppress(StopIteration):
@@ -633,14 +659,15 @@ class DaliLoader(Loader):
         if not self._todo:
             raise StopIteration
         i, items = self._todo.popleft()
-        self._fed.append(items)
         rows = self.rows[items]
         encoded = self._encoded(rows)
         head = np.array([_header(data, self._row_name(row)) for row, data in zip(rows, encoded, strict=True)])
         aug, n = self.augment, self.n_frames * HOP_LENGTH
         d = draw_batch(self._rng(i), aug, head[:, 0], head[:, 1], self.views, self.n_frames, self.n_mels,
                        self.bank_size, self._window_start(items))
+        self._fed.append((items, d.frames[:, 0] if self.views == 1 else d.frames))
         bank = noise_bank(self.seed, self.bank_size) if aug.p_noise > 0 else None
+        level = _noise_level(d, n)
         out = [[np.frombuffer(data, np.uint8) for data in encoded]]
         for v in range(self.views):
             out.append([np.array([s], np.int32) for s in d.start[:, v] - d.margin[:, v]])
@@ -652,8 +679,9 @@ class DaliLoader(Loader):
             if aug.p_gain > 0:
                 out.append(list(d.gain[:, v]))
             if bank is not None:
-                out.append([bank[c, o: o + n] for c, o in zip(d.color[:, v], d.offset[:, v], strict=True)])
-                out.append(list(d.noise[:, v]))
+                out.append([_clip_noise(bank, c, o, n, s)
+                            for c, o, s in zip(d.color[:, v], d.offset[:, v], d.samples[:, v], strict=True)])
+                out.append(list(level[:, v]))
             if aug.masks:
                 out.append(list(d.freq_mask[:, v, :, None]))
                 out.append(list(d.time_mask[:, v, None, :]))
@@ -729,7 +757,7 @@ class DaliLoader(Loader):
 
     def _explain(self, error: RuntimeError) -> Exception:
         """DALI's error -> AudioError naming the rows in flight that soundfile cannot decode either."""
-        rows = list(dict.fromkeys(int(row) for items in self._fed for row in self.rows[items]))
+        rows = list(dict.fromkeys(int(row) for items, _ in self._fed for row in self.rows[items]))
         bad = []
         for row, data in zip(rows, self._encoded(np.array(rows, dtype=np.int64)), strict=True):
             try:

@@ -159,11 +159,25 @@ class LayerMix(nn.Module):
         return sum(w[i] * F.layer_norm(h, h.shape[-1:]) for i, h in enumerate(hidden))
 
 
+def valid_positions(frames: Tensor, n_positions: int) -> Tensor:
+    """[B] mel frames that hold each clip -> [B, n_positions] bool: the encoder positions they reach (the
+    stride-2 convolution turns frames 2t-1..2t+1 into position t, so ceil(frames / 2) of them)."""
+    return torch.arange(n_positions, device=frames.device) < (frames[:, None] + 1) // 2
+
+
+def mean_pool(h: Tensor, valid: Tensor | None = None) -> Tensor:
+    """h [B, T, D] -> [B, D]: the mean over the positions ``valid`` [B, T] (None: all)."""
+    if valid is None:
+        return h.mean(1)
+    w = valid.to(h.dtype)[..., None]
+    return (h * w).sum(1) / w.sum(1)
+
+
 class AttentiveStatsPool(nn.Module):
     """Attentive statistics pooling (Okabe et al., 2018), projected back to the frames' width.
 
     a_t = softmax_t(v^T tanh(W h_t + b)),  mu = sum_t a_t h_t,  sigma = sqrt(sum_t a_t (h_t - mu)^2),
-    output = Linear([mu; sigma]):  h [B, T, D] -> [B, D].
+    output = Linear([mu; sigma]):  h [B, T, D] -> [B, D], over the positions ``valid`` [B, T] (None: all).
     """
 
     def __init__(self, n_state: int, n_hidden: int = 128):
@@ -171,9 +185,12 @@ class AttentiveStatsPool(nn.Module):
         self.attention = nn.Sequential(nn.Linear(n_state, n_hidden), nn.Tanh(), nn.Linear(n_hidden, 1))
         self.out = nn.Linear(2 * n_state, n_state)
 
-    def forward(self, h: Tensor) -> Tensor:
+    def forward(self, h: Tensor, valid: Tensor | None = None) -> Tensor:
         h = h.float()  # statistics in float32 also under bf16 autocast
-        a = torch.softmax(self.attention(h).float(), dim=1)  # [B, T, 1]
+        score = self.attention(h).float()  # [B, T, 1]
+        if valid is not None:
+            score = score.masked_fill(~valid[..., None], -torch.inf)
+        a = torch.softmax(score, dim=1)
         mu = (a * h).sum(1)
         sigma = (a * (h - mu.unsqueeze(1)).square()).sum(1).clamp(min=1e-6).sqrt()
         return self.out(torch.cat([mu, sigma], dim=-1))
@@ -245,11 +262,14 @@ class EmotionModel(nn.Module):
         self.classifier = nn.Linear(d, len(config.labels))
         self.vad = nn.Linear(d, 3) if config.vad_head else None
 
-    def forward(self, mel: Tensor) -> dict[str, Tensor | None]:
+    def forward(self, mel: Tensor, frames: Tensor | None = None) -> dict[str, Tensor | None]:
         """mel: [B, n_mels, n_frames] -> embedding [B, D], projection [B, proj_dim] (unit L2 norm),
-        logits [B, n_labels], vad [B, 3] in 0-1 (valence, arousal, dominance) or None."""
+        logits [B, n_labels], vad [B, 3] in 0-1 (valence, arousal, dominance) or None. frames: [B] int64, the
+        mel frames that hold each clip (the loaders' ``frames``; the rest is padding), which alone are pooled;
+        None: every frame."""
         h = self.mix(self.encoder.hidden_states(mel)) if self.mix is not None else self.encoder(mel)  # [B, T, D]
-        embedding = self.pool(h) if self.pool is not None else h.mean(1)
+        valid = None if frames is None else valid_positions(frames, h.shape[1])
+        embedding = self.pool(h, valid) if self.pool is not None else mean_pool(h, valid)
         projection = F.normalize(self.projector(embedding).float(), dim=-1)
         x = self.dropout(self.norm(embedding.float()))
         vad = torch.sigmoid(self.vad(x)) if self.vad is not None else None

@@ -183,12 +183,12 @@ class Predictor:
     @torch.no_grad()
     def _score(self, windows: list[tuple[_Job, int]]) -> None:
         """One forward pass over ``windows`` (job, window index); appends each window's outputs to its job."""
-        mel = torch.stack([
-            data.eval_features(torch.from_numpy(job.audio[job.starts[i]: job.starts[i] + self.window]),
-                               self.n_frames, self.net.config.n_mels)
-            for job, i in windows])
+        audio = [job.audio[job.starts[i]: job.starts[i] + self.window] for job, i in windows]
+        mel = torch.stack([data.eval_features(torch.from_numpy(a), self.n_frames, self.net.config.n_mels)
+                           for a in audio])
+        frames = torch.tensor([min(self.n_frames, -(-len(a) // data.HOP_LENGTH)) for a in audio])  # the rest: padding
         with self.amp:
-            y = self.net(mel.to(self.device))
+            y = self.net(mel.to(self.device), frames.to(self.device))
         probs = y["logits"].float().softmax(-1).cpu().numpy()
         emb = y["embedding"].float().cpu().numpy()
         vad = y["vad"].float().cpu().numpy() if y["vad"] is not None else None

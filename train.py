@@ -215,7 +215,7 @@ def predict_split(net: modellib.EmotionModel, loader: data.Loader, device: torch
     out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for batch in loader:
         with amp or contextlib.nullcontext():
-            y = net(batch["mel"].to(device))
+            y = net(batch["mel"].to(device), batch["frames"].to(device))
         vad_pred = y["vad"] if y["vad"] is not None else torch.full_like(batch["vad"], math.nan)
         values = (batch["index"], batch["emotion"], batch["vad"], y["logits"].float().softmax(-1), vad_pred.float(),
                   y["embedding"].float())
@@ -434,15 +434,16 @@ def compute_loss(cfg: Config, net: torch.nn.Module, batch: dict[str, torch.Tenso
     of the VAD head on the clips with VAD.
     simclr / supcon: the contrastive loss of the projections of the batch's two views ``mel`` [B, 2, M, T]."""
     criterion = criterion or Criterion()
-    mel, labels, vad = batch["mel"], batch["emotion"], batch["vad"]
+    mel, labels, vad, frames = batch["mel"], batch["emotion"], batch["vad"], batch.get("frames")
     if cfg.contrastive:
         b, views = mel.shape[:2]
-        z = net(mel.flatten(0, 1))["projection"].float().view(b, views, -1)
+        z = net(mel.flatten(0, 1), None if frames is None else frames.flatten())["projection"]
+        z = z.float().view(b, views, -1)
         kw = dict(vad=vad, vad_negatives=criterion.vad_negatives, gather=cfg.gather_negatives)
         if cfg.objective == "simclr":
             return losses.nt_xent(z[:, 0], z[:, 1], cfg.temperature, **kw)
         return losses.supcon(z, labels, cfg.temperature, **kw)
-    y = net(mel)
+    y = net(mel, frames)
     loss = F.cross_entropy(y["logits"].float(), labels, weight=criterion.class_weight)
     has_vad = torch.isfinite(vad).all(dim=1)
     if y["vad"] is not None and has_vad.any():

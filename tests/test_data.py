@@ -164,8 +164,10 @@ def test_batch_contract(backend, views, small):
     batches = list(ld)
     assert len(ld) == len(batches) == 3 and [len(b["index"]) for b in batches] == [3, 3, 1]
     b = batches[0]
-    assert set(b) == {"mel", "emotion", "vad", "index"}
+    assert set(b) == {"mel", "frames", "emotion", "vad", "index"}
     shape = (3, 80, N_FRAMES) if views == 1 else (3, views, 80, N_FRAMES)
+    assert b["frames"].shape == shape[:-2] and b["frames"].dtype == torch.int64
+    assert ((b["frames"] >= 1) & (b["frames"] <= N_FRAMES)).all()
     assert b["mel"].shape == shape and b["mel"].dtype == torch.float32 and b["mel"].device.type == "cpu"
     assert b["emotion"].dtype == b["index"].dtype == torch.int64 and b["vad"].dtype == torch.float32
     assert b["vad"].shape == (3, 3) and b["vad"][:, 2].isnan().all()
@@ -173,6 +175,23 @@ def test_batch_contract(backend, views, small):
     assert b["emotion"].tolist() == [small[int(j)]["emotion"] for j in i]
     assert b["vad"][:, 0].numpy() == pytest.approx(0.1 * i, abs=1e-6)
     assert torch.isfinite(b["mel"]).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_frames_count_the_clip_and_the_padding_stays_silent_under_noise(backend, small, clips):
+    """Clips of 0.5-2 s in 1 s crops: ``frames`` counts the mel frames of the clip, padding comes after them
+    (evaluation and training alike), and training noise goes on the clip only."""
+    expected = [min(N_FRAMES, -(-len(x) // data.HOP_LENGTH)) for x in clips]
+    noisy = data.Augment(crop=False, p_shift=1.0, p_speed=0.0, p_gain=0.0, p_noise=1.0, p_time_mask=0.0,
+                         p_freq_mask=0.0)
+    for train, augment in ((False, None), (True, noisy)):
+        batches = list(loader(small, backend, train=train, augment=augment))
+        index = torch.cat([b["index"] for b in batches]).tolist()
+        frames = torch.cat([b["frames"] for b in batches])
+        assert frames.tolist() == [expected[i] for i in index], train
+        for mel, n in zip(torch.cat([b["mel"] for b in batches]), frames.tolist(), strict=True):
+            if n < N_FRAMES - 2:  # after the clip (and the 2 frames whose 400-sample windows reach into it): silence
+                assert (mel[:, n + 2:] == mel.min()).all() and (mel[:, : n - 1] > mel.min()).any()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

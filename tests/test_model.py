@@ -165,3 +165,19 @@ def test_bad_freeze_policy(policy, message):
         modellib.set_trainable(_net(), policy)
 
 
+
+
+@pytest.mark.parametrize("pooling", ["mean", "attentive"])
+def test_pooling_covers_only_the_frames_that_hold_the_clip(pooling):
+    net = random_model(pooling=pooling, n_frames=100).eval()
+    torch.manual_seed(0)
+    mel, frames = torch.randn(3, 80, 100), torch.tensor([100, 37, 1])
+    with torch.no_grad():
+        out = net(mel, frames)["embedding"]
+        h = net.mix(net.encoder.hidden_states(mel))  # [3, 50 positions, D]
+        for b, n in enumerate(frames.tolist()):
+            kept = h[b: b + 1, : (n + 1) // 2]  # position t comes from frames 2t-1..2t+1
+            expected = kept.mean(1) if pooling == "mean" else net.pool(kept)
+            assert torch.allclose(out[b], expected[0], atol=1e-5), n
+        assert torch.equal(net(mel, torch.full((3,), 100))["embedding"], net(mel)["embedding"])
+        assert not torch.allclose(out[1], net(mel)["embedding"][1], atol=1e-3)

@@ -109,14 +109,17 @@ def test_long_file_windows_cover_it_and_average(predictor, audio_dir):
 
 
 def test_short_clip_is_one_zero_padded_window_as_in_training(predictor, speech):
-    """A clip shorter than the context: the model's output on the evaluation features of data.py."""
+    """A clip shorter than the context: the model's output on the evaluation features of data.py, pooled over
+    the 60 frames that hold the clip, as the loaders' ``frames`` say."""
     clip = speech[:9600]
     pred = predictor.predict(clip, sample_rate=16000)
     assert len(pred.windows) == 1 and pred.windows[0].end == pytest.approx(0.6)
     mel = data.eval_features(torch.from_numpy(clip), N_FRAMES, predictor.net.config.n_mels)
     with torch.no_grad():
-        probs = predictor.net(mel[None])["logits"].softmax(-1)[0].numpy()
+        probs = predictor.net(mel[None], torch.tensor([60]))["logits"].softmax(-1)[0].numpy()
+        padding_pooled = predictor.net(mel[None])["logits"].softmax(-1)[0].numpy()
     assert [pred.probabilities[k] for k in predictor.labels] == pytest.approx(probs.tolist(), abs=1e-6)
+    assert np.abs(probs - padding_pooled).max() > 1e-4
 
 
 def test_sample_rate_and_channels(predictor, audio_dir, speech):
