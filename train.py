@@ -66,6 +66,9 @@ class Config:
     """
 
     data: str | list[str] = option("data/synthetic", "save_to_disk folder(s) or Hub id(s); several combine corpora")
+    folds: list[str] | None = option(None, "cross-validation: prepared folds (e.g. IEMOCAP's five test sessions), "
+                                           "one run each in run_dir/fold_K and a table of their test metrics; "
+                                           "replaces data")
     whisper: str = option("tiny", "openai-whisper model name, checkpoint path, or random:<name> (untrained)")
     n_frames: int = option(300, "mel frames per clip, 100 per second (Whisper's full context is 3000)")
     objective: str = option("supervised", "training objective", OBJECTIVES)
@@ -719,6 +722,38 @@ def fit(cfg: Config) -> dict:
     return result
 
 
+def cross_validate(cfg: Config) -> dict[str, dict]:
+    """One run of ``cfg`` per prepared fold in ``cfg.folds``, in ``run_dir/fold_K`` (K from 1); returns
+    "fold_K" -> ``fit``'s result with the fold's ``data`` and ``test_speakers`` added. ``report.runs_table``
+    of the run folders is the cross-validation's table."""
+    if not cfg.folds:
+        raise ValueError("cross_validate needs cfg.folds: the prepared folds, one save_to_disk folder each")
+    results = {}
+    for k, fold in enumerate(cfg.folds, 1):
+        run = dataclasses.replace(cfg, data=fold, folds=None, run_dir=str(Path(cfg.run_dir) / f"fold_{k}"))
+        speakers = sorted(set(run.corpus("test")["speaker"]))
+        results[f"fold_{k}"] = {**fit(run), "data": fold, "test_speakers": speakers}
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python train.py``: one run, or with ``--folds`` one per fold and their table (run_dir/cross_validation.txt)."""
+    cfg = parse_args(argv)
+    if not cfg.folds:
+        fit(cfg)
+        return
+    import report  # figures and tables: only the command line's cross-validation needs it here
+
+    results = cross_validate(cfg)
+    speakers = "; ".join(f"{k}: {', '.join(r['test_speakers'])}" for k, r in results.items())
+    table = report.runs_table([Path(cfg.run_dir) / k for k in results]).to_string(float_format="%.3f")
+    text = (f"cross-validation of {cfg.objective} over {len(results)} folds: test metrics per fold, then their mean "
+            f"and standard deviation (test speakers {speakers})\n{table}\n")
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(text)
+        (Path(cfg.run_dir) / "cross_validation.txt").write_text(text)
+
+
 def contrastive_configs(cfg: Config, vad_negatives: Sequence[bool] = (False, True)) -> dict[str, Config]:
     """The contrastive runs of contrastive.ipynb: ``cfg.objective`` once per ``vad_negatives`` value, each in
     its own folder under ``cfg.run_dir`` (``supcon`` with the plain loss, ``supcon_vad`` with VAD-aware
@@ -771,6 +806,6 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 
 if __name__ == "__main__":
-    fit(parse_args())
+    main()
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -29,6 +29,7 @@ import checkpoint
 import data
 import losses
 import predict
+import prepare
 import train
 from labels import VAD
 
@@ -402,3 +403,30 @@ def test_out_of_memory_names_the_batch_size_and_what_fits():
     with pytest.raises(torch.cuda.OutOfMemoryError, match="^CUDA out of memory"):  # no estimate: as raised
         with train.explain_out_of_memory(16, None):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+
+# ----------------------------------------------------------------------------- cross-validation
+
+
+def test_cross_validation_runs_every_fold_and_tabulates_them(tmp_path, capsys):
+    """``train.py --folds A B``: a run per fold in run_dir/fold_K, then one table of their test metrics."""
+    folds = []
+    for seed in (1, 2):  # two prepared "folds": synthetic corpora with different speakers
+        prepare.make_synthetic(n_speakers=3, per_class=2, seed=seed).save_to_disk(str(tmp_path / f"f{seed}"))
+        folds.append(str(tmp_path / f"f{seed}"))
+    run_dir = tmp_path / "cv"
+    args = tiny_args(tmp_path / "unused", run_dir, epochs="1")
+    train.main([*args[: args.index("--data")], *args[args.index("--data") + 2:], "--folds", *folds,
+                "--no-windows"])
+    out = capsys.readouterr().out
+    for k in (1, 2):
+        result = json.loads((run_dir / f"fold_{k}" / "results.json").read_text())
+        assert json.loads((run_dir / f"fold_{k}" / "config.json").read_text())["data"] == folds[k - 1]
+        assert f"{result['test']['ua']:.3f}" in out
+    text = (run_dir / "cross_validation.txt").read_text()
+    assert text.strip() in out
+    assert "over 2 folds" in text and "(test speakers fold_1: spk02; fold_2: spk02)" in text
+    lines = text.splitlines()
+    assert [line.split()[0] for line in lines[2:]] == ["fold_1", "fold_2", "mean", "std"]
+    with pytest.raises(ValueError, match="needs cfg.folds"):
+        train.cross_validate(train.Config())
