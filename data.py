@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import os
 import sys
@@ -46,6 +47,7 @@ SAMPLE_RATE = 16000
 N_FFT = 400
 HOP_LENGTH = 160
 COLUMNS = ("id", "audio", "emotion", *VAD, "speaker", "corpus", "duration")  # every corpus's, in this order
+FOLD_FILE = "fold.json"  # a fold written by prepare.save_folds: its splits as rows of a shared prepared corpus
 BACKENDS = ("auto", "dali", "torch")
 NOISE_COLORS = ("white", "pink", "brown")
 _MARGIN = 2 * HOP_LENGTH  # 16 kHz samples resampled on either side of a crop and then dropped
@@ -92,6 +94,11 @@ def load_corpus(name_or_path: str | Path | Sequence[str | Path], split: str, *, 
 
 
 def _open(name: str | Path, split: str) -> datasets.Dataset:
+    if (Path(name) / FOLD_FILE).is_file():  # a fold of prepare.save_folds: row indices into the shared rows
+        spec = json.loads((Path(name) / FOLD_FILE).read_text())
+        if split not in spec["splits"]:
+            raise KeyError(f"{name} has no split {split!r}; it has {sorted(spec['splits'])}")
+        return _open(Path(name) / spec["rows"], "all").select(spec["splits"][split])
     if Path(name).exists():
         ds = datasets.load_from_disk(str(name))
         if isinstance(ds, datasets.DatasetDict):

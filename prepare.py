@@ -24,6 +24,7 @@ import argparse
 import csv
 import hashlib
 import io
+import json
 import math
 import re
 import sys
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from datasets import Audio, Dataset, DatasetDict, Features, Value
+from datasets import Audio, Dataset, DatasetDict, Features, Value, concatenate_datasets
 from scipy.signal import butter, lfilter
 from tqdm import tqdm
 
@@ -183,6 +184,45 @@ def to_16k_flac(dsd: DatasetDict) -> DatasetDict:
         return ds.map(convert, features=written, desc=f"16 kHz FLAC ({split})").cast_column("audio", AUDIO)
 
     return DatasetDict({split: as_flac(ds, split) for split, ds in dsd.items()})
+
+
+def fold_splits(rows: Dataset, corpus: str) -> dict[str, dict[str, list[int]]]:
+    """The literature's folds over ``rows`` (every row of a prepared corpus): RAVDESS, EmoBox's six
+    (``emobox_fold``, named fold_K); IEMOCAP, leave-one-session-out (``iemocap_validation_speaker``, named
+    test_session_N). Fold name -> split -> row indices; a fold with an empty split is a ValueError."""
+    speaker = np.asarray(rows["speaker"])
+    if corpus == "ravdess":
+        actor = [int(s[-2:]) for s in speaker]
+        folds = {f"fold_{k}": np.array([ravdess_split(a, *emobox_fold(k)) for a in actor]) for k in EMOBOX_FOLDS}
+    elif corpus == "iemocap":
+        session = np.asarray(rows["session"])
+        sessions = sorted({int(s) for s in session})
+        folds = {f"test_session_{n}": np.where(session == n, "test", np.where(
+            speaker == iemocap_validation_speaker(n, sessions), "validation", "train")) for n in sessions}
+    else:
+        raise ValueError(f"all folds at once: RAVDESS (EmoBox's six) or IEMOCAP (leave-one-session-out), not {corpus}")
+    out = {}
+    for name, split in folds.items():
+        out[name] = {s: np.flatnonzero(split == s).tolist() for s in SPLITS}
+        empty = [s for s, rows_ in out[name].items() if not rows_]
+        if empty:
+            raise ValueError(f"{name}: the {'/'.join(empty)} split would be empty (speakers found: "
+                             f"{sorted(set(speaker))})")
+    return out
+
+
+def save_folds(dsd: DatasetDict, corpus: str, out_dir: str | Path) -> dict[str, dict[str, list[int]]]:
+    """Every fold of ``fold_splits`` under ``out_dir``, the audio stored once: all rows in ``out_dir/rows``, and
+    per fold a folder ``out_dir/NAME`` holding only ``data.FOLD_FILE`` (its splits' row indices), which
+    ``data.load_corpus`` opens as it opens a prepared corpus. Returns the folds."""
+    out_dir = Path(out_dir)
+    rows = concatenate_datasets([dsd[split] for split in dsd])
+    folds = fold_splits(rows, corpus)
+    save(DatasetDict({"all": rows}), out_dir / "rows")
+    for name, splits in folds.items():
+        (out_dir / name).mkdir(parents=True, exist_ok=True)
+        (out_dir / name / data.FOLD_FILE).write_text(json.dumps({"rows": "../rows", "splits": splits}))
+    return folds
 
 
 def save(dsd: DatasetDict, out_dir: str | Path) -> None:
@@ -656,6 +696,18 @@ def _actors(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected actor numbers separated by commas, got {text!r}") from None
 
 
+def _prepare(args: argparse.Namespace, report: Path | None) -> DatasetDict:
+    """The corpus the command line asks for."""
+    if args.corpus == "synthetic":
+        return make_synthetic(n_speakers=args.speakers, per_class=args.per_class, seed=args.seed)
+    if args.corpus == "ravdess":
+        return prepare_ravdess(args.raw_dir, test_actors=args.test_actors, validation_actors=args.validation_actors,
+                               fold=args.fold, vocal_channel=args.vocal_channel, skip_bad=args.skip_bad, report=report)
+    if args.corpus == "iemocap":
+        return prepare_iemocap(args.raw_dir, test_session=args.test_session, skip_bad=args.skip_bad, report=report)
+    return prepare_msp_podcast(args.raw_dir, skip_bad=args.skip_bad, report=report)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("corpus", choices=["ravdess", "iemocap", "msp-podcast", "synthetic"])
@@ -673,6 +725,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocal-channel", choices=VOCAL_CHANNELS, default="speech",
                         help="ravdess: which clips (default speech, the benchmark's 1,440)")
     parser.add_argument("--test-session", type=int, default=5, help="IEMOCAP's test session (default 5)")
+    parser.add_argument("--all-folds", action="store_true",
+                        help="ravdess, iemocap: every fold of the literature's protocol under OUT_DIR/<fold>, the "
+                             "audio stored once (prepare.save_folds): EmoBox's six, leave-one-session-out")
     parser.add_argument("--flac16k", action="store_true",
                         help="store the audio decoded to 16 kHz mono FLAC instead of the original files: faster "
                              "loading of 44.1/48 kHz corpora (see to_16k_flac)")
@@ -682,26 +737,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.corpus == "synthetic") != (args.raw_dir is None):
         parser.error("synthetic takes only OUT_DIR" if args.raw_dir else f"{args.corpus} needs RAW_DIR OUT_DIR")
+    if args.all_folds and (args.corpus not in ("ravdess", "iemocap") or args.fold or args.test_actors):
+        parser.error("--all-folds is for ravdess and iemocap, without --fold or actor lists")
     report = Path(f"{args.out_dir}.skipped.tsv") if args.skip_bad else None
     try:
-        if args.corpus == "synthetic":
-            dsd = make_synthetic(n_speakers=args.speakers, per_class=args.per_class, seed=args.seed)
-        elif args.corpus == "ravdess":
-            dsd = prepare_ravdess(args.raw_dir, test_actors=args.test_actors, validation_actors=args.validation_actors,
-                                  fold=args.fold, vocal_channel=args.vocal_channel, skip_bad=args.skip_bad,
-                                  report=report)
-        elif args.corpus == "iemocap":
-            dsd = prepare_iemocap(args.raw_dir, test_session=args.test_session, skip_bad=args.skip_bad,
-                                  report=report)
-        else:
-            dsd = prepare_msp_podcast(args.raw_dir, skip_bad=args.skip_bad, report=report)
+        dsd = _prepare(args, report)
+        if report is not None and not report.exists():
+            report.write_text("where\treason\n")
+        if args.flac16k:
+            dsd = to_16k_flac(dsd)
+        if args.all_folds:
+            for name, splits in save_folds(dsd, args.corpus, args.out_dir).items():
+                print(f"{args.out_dir / name}: " + ", ".join(f"{s} {len(rows)} rows" for s, rows in splits.items()))
+            return 0
     except (BadInputError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if report is not None and not report.exists():
-        report.write_text("where\treason\n")
-    if args.flac16k:
-        dsd = to_16k_flac(dsd)
     save(dsd, args.out_dir)
     if args.push_to_hub:
         dsd.push_to_hub(args.push_to_hub)

@@ -14,7 +14,7 @@ import torch
 from datasets import Audio, ClassLabel, DatasetDict, Value, load_from_disk
 
 import prepare
-from data import decode_audio, make_loader
+from data import decode_audio, load_corpus, make_loader
 from labels import label_names
 from prepare import BadInputError
 
@@ -605,3 +605,32 @@ def test_flac16k_stores_what_the_loader_would_decode(tmp_path, run_cli):
         for m0, m1, e in zip(*mel, end, strict=True):
             away = torch.cat([torch.arange(e - 2), torch.arange(min(e + 2, m0.shape[1]), m0.shape[1])])
             assert (m0[:, away] - m1[:, away]).abs().max() <= 1e-3
+
+
+def test_all_folds_share_one_copy_of_the_audio(tmp_path, run_cli):
+    """``--all-folds``: EmoBox's six RAVDESS folds (one clip per actor here) as row indices into one prepared
+    copy of the corpus; each fold loads like a prepared corpus, with its actors in its splits."""
+    root = tmp_path / "RAVDESS"
+    for actor in range(1, 25):
+        write_wav(root / f"Actor_{actor:02d}" / f"03-01-0{1 + actor % 8}-01-01-01-{actor:02d}.wav", 0.2, 48000)
+    out = tmp_path / "folds"
+    done = run_cli("ravdess", str(root), str(out), "--all-folds")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["fold_1", "fold_2", "fold_3", "fold_4", "fold_5", "fold_6", "rows"]
+    assert f"{out / 'fold_1'}: train 18 rows, validation 2 rows, test 4 rows" in done.stdout
+    for k in range(1, 7):
+        assert [p.name for p in (out / f"fold_{k}").iterdir()] == ["fold.json"]  # no audio of its own
+        test, validation = prepare.emobox_fold(k)
+        for split, actors in (("test", test), ("validation", validation)):
+            ds = load_corpus(out / f"fold_{k}", split)
+            assert sorted(int(s[-2:]) for s in ds["speaker"]) == sorted(actors)
+            assert all(row["audio"]["bytes"] for row in ds)
+        train_ = load_corpus(out / f"fold_{k}", "train")
+        assert len(train_) == 18 and not {int(s[-2:]) for s in train_["speaker"]} & {*test, *validation}
+    iemocap = make_iemocap(tmp_path / "IEMOCAP")
+    done = run_cli("iemocap", str(iemocap), str(tmp_path / "iem"), "--all-folds", "--test-session", "1")  # 3 here
+    assert done.returncode == 0, done.stderr
+    for n in (1, 2, 3):
+        assert set(load_corpus(tmp_path / "iem" / f"test_session_{n}", "test")["session"]) == {n}
+    done = run_cli("ravdess", str(root), str(out), "--all-folds", "--fold", "2")
+    assert done.returncode == 2 and "--all-folds is for ravdess and iemocap" in done.stderr
