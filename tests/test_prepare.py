@@ -194,6 +194,12 @@ def test_real_ravdess_speech(ravdess_dir, run_cli, tmp_path):
     for row in stereo:
         audio = decode_audio(row["audio"]["bytes"], name=row["id"])
         assert audio.ndim == 1 and len(audio) == pytest.approx(16000 * row["duration"], abs=2)
+    # pooling sees no padding: each window's frames count only what holds the clip (a few clips are under 3 s)
+    ds = load_corpus(out, "train")
+    batches = list(make_loader(ds, batch_size=64, train=False, windows=True, backend="torch", num_workers=0))
+    frames, index = torch.cat([b["frames"] for b in batches]), torch.cat([b["index"] for b in batches])
+    duration = np.asarray(ds["duration"])[index.numpy()]
+    assert (frames.numpy() == np.minimum(300, np.ceil(np.round(duration * 16000) / 160))).all()
 
 
 # --------------------------------------------------------------------------- IEMOCAP
