@@ -112,6 +112,8 @@ class Config:
     run_dir: str = option("runs/default", "where the run writes best.pt, last.pt, metrics and figures")
     resume: bool = option(False, "continue from run_dir/last.pt")
     init: str | None = option(None, "start the representation from a saved model (e.g. a contrastive best.pt)")
+    probe_init: bool = option(False, "supervised: start the classifier from the linear probe on the embeddings of "
+                                     "the model as built, then train as configured (LP-FT)")
 
     def __post_init__(self) -> None:
         self.exclude = tuple(self.exclude)
@@ -181,6 +183,14 @@ def setup_distributed() -> tuple[int, int, int]:
         return rank, world, int(os.environ.get("LOCAL_RANK", 0))
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"])
+
+
+def setup_device(device: str | None, local_rank: int) -> torch.device:
+    """The device of this process (``model.resolve_device``), made CUDA's current device when it is a GPU."""
+    device = modellib.resolve_device(device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 def gather(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -306,6 +316,22 @@ def fold_probe(net: modellib.EmotionModel, probe: Pipeline) -> None:
     with torch.no_grad():
         layer.weight.copy_(weight)
         layer.bias.copy_(b)
+
+
+def start_from_probe(net: modellib.EmotionModel, train_loader: data.Loader, device: torch.device, amp,
+                     seed: int = 0) -> None:
+    """LP-FT (Kumar et al., 2022): the classifier starts as the class-balanced linear probe (``linear_probe``) on
+    the embeddings of the model as built, so that fine-tuning begins from a head that already classifies
+    instead of a random one. ``net.norm``'s statistics are set to the embeddings' own, which training batches
+    then approximately reproduce, and the probe is written into the classifier by ``fold_probe``.
+    ``train_loader``: an evaluation loader of the training split."""
+    pred = predict_split(net, train_loader, device, amp)
+    _, probe = linear_probe(pred, {}, len(net.config.labels), seed)
+    embedding = torch.as_tensor(pred["embedding"], dtype=torch.float64)
+    with torch.no_grad():
+        net.norm.running_mean.copy_(embedding.mean(0))
+        net.norm.running_var.copy_(embedding.var(0))
+    fold_probe(net, probe)
 
 
 def clip_statistics(encoded: bytes, name: str = "") -> np.ndarray:
@@ -645,9 +671,7 @@ def fit(cfg: Config) -> dict:
     """Train as ``cfg`` says; returns ``{"validation": metrics, "test": metrics, "history": [...], ...}``."""
     rank, world, local_rank = setup_distributed()
     main = rank == 0
-    device = modellib.resolve_device(cfg.device, local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    device = setup_device(cfg.device, local_rank)
     amp = modellib.autocast(device, cfg.precision)
     seed_everything(cfg.seed)
 
@@ -664,6 +688,8 @@ def fit(cfg: Config) -> dict:
     progress = Progress()
     if cfg.resume and last.exists():
         progress = restore_last(last, net, optimizer, scheduler, device)
+    elif cfg.probe_init and not cfg.contrastive:
+        start_from_probe(net, eval_loaders["train"], device, amp, cfg.seed)
     log = RunLog(cfg, main, progress)
     memory = estimate_memory(cfg, net, device, amp) if device.type == "cuda" else None
     if main:

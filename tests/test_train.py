@@ -430,3 +430,21 @@ def test_cross_validation_runs_every_fold_and_tabulates_them(tmp_path, capsys):
     assert [line.split()[0] for line in lines[2:]] == ["fold_1", "fold_2", "mean", "std"]
     with pytest.raises(ValueError, match="needs cfg.folds"):
         train.cross_validate(train.Config())
+
+
+def test_probe_init_starts_the_classifier_as_the_linear_probe(synthetic_dir, tmp_path):
+    """LP-FT: with ``probe_init`` the model as built (epochs=0) classifies validation as the probe fitted on the
+    training split's embeddings does."""
+    cfg = dataclasses.replace(tiny_config(synthetic_dir, tmp_path / "lpft", epochs="0", freeze="heads"),
+                              probe_init=True)
+    result = train.fit(cfg)
+    net = checkpoint.load_model(tmp_path / "lpft" / "best.pt", device="cpu").eval()
+    kw = dict(batch_size=16, train=False, n_frames=100, num_workers=0)
+    pred = {s: train.predict_split(net, data.make_loader(data.load_corpus(str(synthetic_dir), s), **kw),
+                                   torch.device("cpu")) for s in ("train", "validation")}
+    metrics, probe = train.linear_probe(pred["train"], {"validation": pred["validation"]}, len(net.config.labels))
+    assert result["validation"]["confusion"] == metrics["validation"]["confusion"]
+    np.testing.assert_allclose(pred["validation"]["probs"][:, probe[-1].classes_],
+                               probe.predict_proba(pred["validation"]["embedding"]), atol=1e-4)
+    assert train.fit(dataclasses.replace(cfg, probe_init=False, run_dir=str(tmp_path / "plain")))["validation"][
+        "confusion"] != result["validation"]["confusion"]
