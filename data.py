@@ -161,11 +161,11 @@ def _relabel(ds: datasets.Dataset, names: list[str]) -> datasets.Dataset:
 
 def _exclude(ds: datasets.Dataset, exclude: Sequence[str], name: str) -> datasets.Dataset:
     names = ds.features["emotion"].names
-    out = np.isin(np.asarray(ds["emotion"], dtype=np.int64), [names.index(n) for n in exclude if n in names])
+    emotion = np.asarray(ds["emotion"], dtype=np.int64)
+    out = np.isin(emotion, [names.index(n) for n in exclude if n in names])
     if not out.any():
         return ds
-    left_out = {n: int(c) for n, c in zip(names, np.bincount(np.asarray(ds["emotion"])[out], minlength=len(names)),
-                                           strict=True) if c}
+    left_out = {n: int(c) for n, c in zip(names, np.bincount(emotion[out], minlength=len(names)), strict=True) if c}
     print(f"exclude: {name}: left out {int(out.sum())} of {len(ds)} rows {left_out}", file=sys.stderr)
     return ds.select(np.flatnonzero(~out))
 
@@ -300,6 +300,12 @@ def eval_features(audio: torch.Tensor, n_frames: int = 300, n_mels: int = 80) ->
     return log_mel(audio, n_mels)
 
 
+def clip_frames(samples: np.ndarray | int, n_frames: int) -> np.ndarray | int:
+    """Mel frames of a crop of ``n_frames`` that hold a clip's first ``samples`` 16 kHz samples (the rest of the
+    crop is padding): ceil(samples / HOP_LENGTH), at most ``n_frames``."""
+    return np.minimum(-(-samples // HOP_LENGTH), n_frames)
+
+
 def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
     """Start sample of every window of ``window`` samples over a clip of ``n_samples``.
 
@@ -408,7 +414,7 @@ def draw_batch(rng: np.random.Generator, aug: Augment, clip_samples: np.ndarray,
     shift = np.where(maybe(aug.p_shift), rng.uniform(-1, 1, shape) * aug.max_shift * SAMPLE_RATE, 0)
     start = np.clip(start - np.round(shift * ratio).astype(np.int64), 0, room)
     samples = np.minimum(np.ceil(np.clip(clip_samples - start, 0, length) / ratio).astype(np.int64), n)
-    valid = np.maximum(np.minimum(-(-samples // HOP_LENGTH), n_frames), 1)
+    valid = np.maximum(clip_frames(samples, n_frames), 1)
     gain = np.where(maybe(aug.p_gain), 10 ** (rng.uniform(*aug.gain_db, shape) / 20), 1.0)
     noise = np.where(maybe(aug.p_noise), 10 ** (-rng.uniform(*aug.snr_db, shape) / 20), 0.0)
     color = rng.integers(0, len(NOISE_COLORS), shape)

@@ -186,7 +186,7 @@ class Predictor:
         audio = [job.audio[job.starts[i]: job.starts[i] + self.window] for job, i in windows]
         mel = torch.stack([data.eval_features(torch.from_numpy(a), self.n_frames, self.net.config.n_mels)
                            for a in audio])
-        frames = torch.tensor([min(self.n_frames, -(-len(a) // data.HOP_LENGTH)) for a in audio])  # the rest: padding
+        frames = torch.tensor([int(data.clip_frames(len(a), self.n_frames)) for a in audio])
         with self.amp:
             y = self.net(mel.to(self.device), frames.to(self.device))
         probs = y["logits"].float().softmax(-1).cpu().numpy()
