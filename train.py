@@ -86,6 +86,7 @@ class Config:
     layers: str = option("weighted", "encoder output: a learned mix of every layer, or the last", modellib.LAYERS)
     pooling: str = option("mean", "frames -> clip embedding", modellib.POOLINGS)
     proj_dim: int = option(128, "contrastive projection width")
+    dropout: float = option(0.1, "dropout before the classification and VAD heads")
     vad_weight: float = option(0.0, "supervised: weight of the VAD regression loss next to cross-entropy (> 0 adds "
                                     "the VAD head)")
     class_weights: str | None = option("balanced", "supervised: cross-entropy class weights; balanced: inverse "
@@ -97,7 +98,12 @@ class Config:
     batch_size: int = option(32, "clips per step and process (under torchrun: times the number of processes)")
     lr: float = option(1e-4, "peak learning rate of the heads, layer mix and pooling (warm-up, then cosine)")
     encoder_lr: float | None = option(None, "peak learning rate of the trainable encoder blocks (none: lr)")
+    layer_decay: float = option(1.0, "layer-wise learning-rate decay: the encoder block k below the top learns at "
+                                     "encoder_lr x layer_decay^k, the convolutions at layer_decay^n_blocks (1: off)")
     weight_decay: float = option(0.01, "AdamW weight decay")
+    label_smoothing: float = option(0.0, "supervised: cross-entropy label smoothing")
+    mixup: float = option(0.0, "supervised: mixup (Zhang et al., 2018) of pairs of clips' log-mels and targets, "
+                               "weight ~ Beta(mixup, mixup) per batch (0: off)")
     warmup: float = option(0.1, "fraction of all steps spent warming up linearly")
     grad_clip: float = option(1.0, "gradient norm clip (0: off)")
     precision: str = option("auto", "auto: bf16 autocast on GPU, fp32 on CPU", modellib.PRECISIONS)
@@ -384,7 +390,7 @@ def build_model(cfg: Config, labels: list[str], device: torch.device) -> modelli
     contrastive run's classifier is its linear probe, written in by ``fold_probe``."""
     net = checkpoint.from_whisper(cfg.whisper, n_frames=cfg.n_frames, labels=labels, layers=cfg.layers,
                                   pooling=cfg.pooling, proj_dim=cfg.proj_dim, vad_head=cfg.vad_weight > 0,
-                                  device=device)
+                                  dropout=cfg.dropout, device=device)
     if cfg.init:
         start = checkpoint.load_model(cfg.init, device=device)
         for part in ("encoder", "mix", "pool"):  # the representation; the heads start afresh
@@ -404,14 +410,26 @@ def build_model(cfg: Config, labels: list[str], device: torch.device) -> modelli
     return net
 
 
+def encoder_depths(net: modellib.EmotionModel) -> list[tuple[int, torch.nn.Module]]:
+    """(depth below the top, part) for each encoder part: ``ln_post`` and the last block 0, the block below 1,
+    ..., both convolutions ``n_blocks``: the exponent of ``Config.layer_decay``."""
+    n = len(net.encoder.blocks)
+    e = net.encoder
+    return [(n, e.conv1), (n, e.conv2), *((n - 1 - i, b) for i, b in enumerate(e.blocks)), (0, e.ln_post)]
+
+
 def build_optimizer(cfg: Config, net: modellib.EmotionModel) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters: the encoder's at ``encoder_lr`` (default ``lr``), the rest at ``lr``;
-    fused into one kernel on a GPU (faster steps: bench/throughput.py)."""
-    encoder = [p for p in net.encoder.parameters() if p.requires_grad]
+    """AdamW over the trainable parameters: the heads, layer mix and pooling at ``lr``, an encoder part at
+    ``encoder_lr`` (default ``lr``) x ``layer_decay`` ^ its depth (``encoder_depths``); fused into one kernel on
+    a GPU (faster steps: bench/throughput.py)."""
     rest = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
+    groups = [{"params": rest, "lr": cfg.lr}]
+    for depth, part in encoder_depths(net):
+        params = [p for p in part.parameters() if p.requires_grad]
+        if params:
+            groups.append({"params": params, "lr": (cfg.encoder_lr or cfg.lr) * cfg.layer_decay ** depth})
     fused = next(net.parameters()).device.type == "cuda"
-    return torch.optim.AdamW([{"params": rest, "lr": cfg.lr}, {"params": encoder, "lr": cfg.encoder_lr or cfg.lr}],
-                             weight_decay=cfg.weight_decay, fused=fused or None)
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
 def lr_lambda(total_steps: int, warmup: float):
@@ -459,8 +477,9 @@ def compute_loss(cfg: Config, net: torch.nn.Module, batch: dict[str, torch.Tenso
                  criterion: Criterion | None = None) -> torch.Tensor:
     """The objective of ``cfg`` on one training batch: the one place where supervised, SimCLR and SupCon differ.
 
-    supervised: cross-entropy on the logits (weighted by ``criterion.class_weight``), plus ``vad_weight`` x MSE
-    of the VAD head on the clips with VAD.
+    supervised: cross-entropy on the logits (weighted by ``criterion.class_weight``, smoothed by
+    ``label_smoothing``), plus ``vad_weight`` x MSE of the VAD head on the clips with VAD; with ``mixup``, each
+    clip's log-mel is mixed with another's of the batch, and so are the two terms' targets.
     simclr / supcon: the contrastive loss of the projections of the batch's two views ``mel`` [B, 2, M, T]."""
     criterion = criterion or Criterion()
     mel, labels, vad, frames = batch["mel"], batch["emotion"], batch["vad"], batch.get("frames")
@@ -472,8 +491,17 @@ def compute_loss(cfg: Config, net: torch.nn.Module, batch: dict[str, torch.Tenso
         if cfg.objective == "simclr":
             return losses.nt_xent(z[:, 0], z[:, 1], cfg.temperature, **kw)
         return losses.supcon(z, labels, cfg.temperature, **kw)
+    mix, other = 1.0, torch.arange(len(mel), device=mel.device)
+    if cfg.mixup > 0:
+        mix = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
+        other = torch.randperm(len(mel)).to(mel.device)
+        mel = mix * mel + (1 - mix) * mel[other]
+        frames = None if frames is None else torch.maximum(frames, frames[other])
+        vad = mix * vad + (1 - mix) * vad[other]  # NaN (no VAD) in either: left out below
     y = net(mel, frames)
-    loss = F.cross_entropy(y["logits"].float(), labels, weight=criterion.class_weight)
+    logits = y["logits"].float()
+    loss = sum(w * F.cross_entropy(logits, target, weight=criterion.class_weight, label_smoothing=cfg.label_smoothing)
+               for w, target in ((mix, labels), (1 - mix, labels[other])) if w > 0)
     has_vad = torch.isfinite(vad).all(dim=1)
     if y["vad"] is not None and has_vad.any():
         loss = loss + cfg.vad_weight * F.mse_loss(y["vad"].float()[has_vad], vad[has_vad])

@@ -2,6 +2,8 @@
 
     python bench/folds.py --name default                                   # train.Config()'s defaults
     python bench/folds.py --name notebook -- --freeze all --no-augment --lr 1e-3 --encoder-lr 1e-4 --epochs 12
+    python bench/folds.py --name supcon -- --objective supcon                # contrastive, then its probe
+    python bench/folds.py --name supcon_ft --init-from supcon                # ... then supervised fine-tuning
 
 Everything after ``--`` is passed to ``train.py`` (``python train.py --help``); ``--data`` and ``--run-dir``
 are set per fold. Each fold tests on three actors, validates on two others (one male, one female: odd actors
@@ -55,20 +57,26 @@ def main() -> None:
     parser.add_argument("--folds-dir", type=Path, default=ROOT / "data" / "ravdess_folds")
     parser.add_argument("--folds", type=int, nargs="+", default=list(FOLDS), choices=list(FOLDS))
     parser.add_argument("--whisper", default=str(ROOT.parent / "shared" / "whisper" / "tiny.en.pt"))
+    parser.add_argument("--init-from", metavar="NAME",
+                        help="start each fold's representation from runs/folds/NAME/foldK/best.pt (train.py --init)")
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     base = train.parse_args(["--whisper", args.whisper, *train_argv])
 
     results, seconds = {}, []
     for fold in args.folds:
+        init = str(ROOT / "runs" / "folds" / args.init_from / f"fold{fold}" / "best.pt") if args.init_from else None
         cfg = dataclasses.replace(base, data=str(prepare_fold(args.ravdess, args.folds_dir, fold)),
-                                  run_dir=str(ROOT / "runs" / "folds" / args.name / f"fold{fold}"))
+                                  run_dir=str(ROOT / "runs" / "folds" / args.name / f"fold{fold}"),
+                                  init=init or base.init)
         start = time.perf_counter()
         results[fold] = train.fit(cfg)
         seconds.append(time.perf_counter() - start)
         print(f"fold {fold}: validation UA {results[fold]['validation']['ua']:.3f}, "
               f"test UA {results[fold]['test']['ua']:.3f} ({seconds[-1] / 60:.1f} min)", flush=True)
 
-    row = {"recipe": args.name, "command": f"`python bench/folds.py --name {args.name} -- {' '.join(train_argv)}`",
+    init = f" --init-from {args.init_from}" if args.init_from else ""
+    row = {"recipe": args.name,
+           "command": f"`python bench/folds.py --name {args.name}{init} -- {' '.join(train_argv)}`",
            "folds": ",".join(map(str, args.folds))}
     for split in ("validation", "test"):
         for key, name in METRICS.items():

@@ -28,6 +28,7 @@ from sklearn.utils.class_weight import compute_class_weight
 import checkpoint
 import data
 import losses
+import model as modellib
 import predict
 import prepare
 import train
@@ -140,6 +141,45 @@ def test_balanced_class_weights_are_sklearns_and_weight_the_cross_entropy():
     assert train.Criterion.of(train.Config(), ds, torch.device("cpu")).class_weight.tolist() == pytest.approx(
         [2 / 3, 2, 0, 0])
     assert train.Criterion.of(train.Config(class_weights=None), ds, torch.device("cpu")).class_weight is None
+
+
+def test_layer_decay_gives_each_encoder_block_its_learning_rate():
+    net = random_model(vad_head=False, pooling="mean")  # tiny: 4 blocks
+    cfg = train.Config(lr=1e-2, encoder_lr=1e-3, layer_decay=0.5)
+    modellib.set_trainable(net, "all")
+    lr = {id(p): g["lr"] for g in train.build_optimizer(cfg, net).param_groups for p in g["params"]}
+    e = net.encoder
+    assert lr[id(e.ln_post.weight)] == lr[id(e.blocks[3].mlp[0].weight)] == 1e-3
+    assert [lr[id(b.attn.query.weight)] for b in e.blocks] == pytest.approx([1e-3 / 8, 1e-3 / 4, 1e-3 / 2, 1e-3])
+    assert lr[id(e.conv1.weight)] == lr[id(e.conv2.bias)] == pytest.approx(1e-3 / 16)
+    assert lr[id(net.classifier.weight)] == lr[id(net.mix.weight)] == 1e-2
+    assert len(lr) == sum(p.requires_grad for p in net.parameters())
+    modellib.set_trainable(net, "top:1")  # frozen blocks get no group
+    groups = train.build_optimizer(dataclasses.replace(cfg, layer_decay=1.0), net).param_groups
+    assert [g["lr"] for g in groups] == [1e-2, 1e-3, 1e-3]
+
+
+def test_label_smoothing_and_mixup_in_the_cross_entropy():
+    net = random_model(vad_head=False, pooling="mean").eval()  # eval: no dropout, the same logits twice
+    torch.manual_seed(0)
+    batch = {"mel": torch.randn(4, 80, 100), "emotion": torch.tensor([0, 1, 2, 1]), "vad": torch.rand(4, 3),
+             "frames": torch.tensor([100, 60, 100, 80])}
+    logits = net(batch["mel"], batch["frames"])["logits"]
+    smooth = train.compute_loss(train.Config(label_smoothing=0.2), net, batch)
+    log_p = logits.log_softmax(-1)
+    expected = (0.8 * -log_p.gather(1, batch["emotion"][:, None]).squeeze(1) - 0.2 * log_p.mean(-1)).mean()
+    assert torch.allclose(smooth, expected, atol=1e-6)
+    mixup = train.Config(mixup=0.4)
+    assert not torch.allclose(train.compute_loss(mixup, net, batch), F.cross_entropy(logits, batch["emotion"]))
+    same = {"mel": batch["mel"][:1].repeat(4, 1, 1), "emotion": torch.ones(4, dtype=torch.long),
+            "vad": batch["vad"][:1].repeat(4, 1), "frames": torch.full((4,), 100)}
+    alone = F.cross_entropy(net(same["mel"], same["frames"])["logits"], same["emotion"])
+    assert torch.allclose(train.compute_loss(mixup, net, same), alone, atol=1e-5)  # mixing a clip with itself
+
+
+def test_dropout_reaches_the_model():
+    net = train.build_model(train.Config(whisper="random:tiny", dropout=0.3), ["a", "b"], torch.device("cpu"))
+    assert net.config.dropout == 0.3 and net.dropout.p == 0.3
 
 
 def test_one_loss_function_for_every_objective():
