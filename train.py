@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 import types
 import typing
@@ -111,7 +112,8 @@ class Config:
                                   "or more of compiling; for long runs")
     backend: str = option("auto", "data loader; auto: DALI where it runs, else torch", BACKENDS)
     num_workers: int = option(2, "DALI threads or DataLoader processes")
-    skip_nonfinite: bool = option(False, "skip (and count) steps whose loss is not finite instead of stopping")
+    skip_nonfinite: bool = option(False, "skip (and count) steps whose loss is not finite instead of stopping, and "
+                                         "leave clips with a non-finite embedding out of linear probes (reported)")
     log_every: int = option(0, "print a line every N steps (0: progress bar only)")
     seed: int = option(0, "initialisation, batch order and augmentation")
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (none: the local rank's GPU if there is one, else cpu)")
@@ -264,25 +266,37 @@ def head_metrics(pred: dict[str, np.ndarray], n_classes: int) -> dict:
 
 
 def evaluate(net: modellib.EmotionModel, loaders: dict[str, data.Loader], names: tuple[str, ...], *,
-             contrastive: bool, device: torch.device, amp=None, seed: int = 0
+             contrastive: bool, device: torch.device, amp=None, seed: int = 0, skip_nonfinite: bool = False
              ) -> tuple[dict[str, dict], Pipeline | None]:
     """Metrics on each split in ``names``, and the linear probe they come from (None for the heads).
 
     A supervised model is scored by its own heads; a contrastive one by a linear probe fitted on
-    ``loaders["train"]`` (an evaluation loader: no augmentation)."""
+    ``loaders["train"]`` (an evaluation loader: no augmentation; ``skip_nonfinite``: see ``linear_probe``)."""
     n_classes = len(net.config.labels)
     preds = {s: predict_split(net, loaders[s], device, amp) for s in names}
     if contrastive:
-        return linear_probe(predict_split(net, loaders["train"], device, amp), preds, n_classes, seed)
+        return linear_probe(predict_split(net, loaders["train"], device, amp), preds, n_classes, seed,
+                            skip_nonfinite)
     return {s: head_metrics(p, n_classes) for s, p in preds.items()}, None
 
 
 def linear_probe(train: dict[str, np.ndarray], evals: dict[str, dict[str, np.ndarray]], n_classes: int,
-                 seed: int = 0) -> tuple[dict[str, dict], Pipeline]:
+                 seed: int = 0, skip_nonfinite: bool = False) -> tuple[dict[str, dict], Pipeline]:
     """Class-balanced logistic regression (and ridge regression for VAD) on the frozen embeddings of ``train``,
     one per utterance (``predict_split``'s ``embedding``: the mean over its windows), scored the same way on
-    each split of ``evals`` (name -> arrays of ``predict_split``); returns (metrics, classifier)."""
-    x, label, vad = train["embedding"], train["emotion"], train["vad"]
+    each split of ``evals`` (name -> arrays of ``predict_split``); returns (metrics, classifier).
+
+    A training clip whose embedding is not finite (corrupt audio) is an error naming its rows, or with
+    ``skip_nonfinite`` left out of the fit, its rows reported on stderr."""
+    bad = ~np.isfinite(train["embedding"]).all(axis=1)
+    if bad.any():
+        rows = train["index"][bad].tolist()
+        if not skip_nonfinite:
+            raise ValueError(f"linear probe: {bad.sum()} training clip(s) have a non-finite embedding (rows {rows}: "
+                             "corrupt audio?); fix them, or set skip_nonfinite=True to leave them out")
+        print(f"linear probe: left out {bad.sum()} training clip(s) with a non-finite embedding (rows {rows})",
+              file=sys.stderr)
+    x, label, vad = train["embedding"][~bad], train["emotion"][~bad], train["vad"][~bad]
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced",
                                                              random_state=seed)).fit(x, label)
     has_vad = np.isfinite(vad).all(axis=1)
@@ -325,15 +339,15 @@ def fold_probe(net: modellib.EmotionModel, probe: Pipeline) -> None:
 
 
 def start_from_probe(net: modellib.EmotionModel, train_loader: data.Loader, device: torch.device, amp,
-                     seed: int = 0) -> None:
+                     seed: int = 0, skip_nonfinite: bool = False) -> None:
     """LP-FT (Kumar et al., 2022): the classifier starts as the class-balanced linear probe (``linear_probe``) on
     the embeddings of the model as built, so that fine-tuning begins from a head that already classifies
     instead of a random one. ``net.norm``'s statistics are set to the embeddings' own, which training batches
     then approximately reproduce, and the probe is written into the classifier by ``fold_probe``.
     ``train_loader``: an evaluation loader of the training split."""
     pred = predict_split(net, train_loader, device, amp)
-    _, probe = linear_probe(pred, {}, len(net.config.labels), seed)
-    embedding = torch.as_tensor(pred["embedding"], dtype=torch.float64)
+    _, probe = linear_probe(pred, {}, len(net.config.labels), seed, skip_nonfinite)
+    embedding = torch.as_tensor(pred["embedding"][np.isfinite(pred["embedding"]).all(axis=1)], dtype=torch.float64)
     with torch.no_grad():
         net.norm.running_mean.copy_(embedding.mean(0))
         net.norm.running_var.copy_(embedding.var(0))
@@ -717,7 +731,7 @@ def fit(cfg: Config) -> dict:
     if cfg.resume and last.exists():
         progress = restore_last(last, net, optimizer, scheduler, device)
     elif cfg.probe_init and not cfg.contrastive:
-        start_from_probe(net, eval_loaders["train"], device, amp, cfg.seed)
+        start_from_probe(net, eval_loaders["train"], device, amp, cfg.seed, cfg.skip_nonfinite)
     log = RunLog(cfg, main, progress)
     memory = estimate_memory(cfg, net, device, amp) if device.type == "cuda" else None
     if main:
@@ -731,7 +745,7 @@ def fit(cfg: Config) -> dict:
             for buffer in net.buffers():
                 dist.broadcast(buffer, 0)
         val, probe = evaluate(net, eval_loaders, ("validation",), contrastive=cfg.contrastive, device=device,
-                              amp=amp, seed=cfg.seed)
+                              amp=amp, seed=cfg.seed, skip_nonfinite=cfg.skip_nonfinite)
         if val["validation"]["ua"] > progress.best_ua or cfg.epochs == 0:
             progress.best_ua = val["validation"]["ua"]
             if probe is not None:
@@ -770,7 +784,7 @@ def fit(cfg: Config) -> dict:
         dist.barrier()  # best.pt is written
     net.load_state_dict(checkpoint.load_model(best, device=device).state_dict())
     final, _ = evaluate(net, eval_loaders, ("validation", "test"), contrastive=cfg.contrastive, device=device,
-                        amp=amp, seed=cfg.seed)
+                        amp=amp, seed=cfg.seed, skip_nonfinite=cfg.skip_nonfinite)
     result = {**final, "history": progress.history, "skipped": progress.skipped, "seed": cfg.seed}
     log.final(result)
     return result

@@ -268,6 +268,18 @@ def test_nonfinite_loss_stops_naming_the_step_or_is_skipped_when_asked(synthetic
     assert train.fit(dataclasses.replace(cfg, skip_nonfinite=True))["skipped"] > 0
 
 
+def test_a_non_finite_embedding_in_a_linear_probe_is_named_or_skipped(capsys):
+    rng = np.random.default_rng(0)
+    train_ = {"index": np.arange(10, 30), "embedding": rng.normal(size=(20, 4)), "emotion": np.arange(20) % 2,
+              "vad": np.full((20, 3), np.nan)}
+    train_["embedding"][[3, 7]] = np.nan
+    with pytest.raises(ValueError, match=r"2 training clip\(s\) have a non-finite embedding \(rows \[13, 17\]"):
+        train.linear_probe(train_, {}, 2)
+    _, probe = train.linear_probe(train_, {}, 2, skip_nonfinite=True)
+    assert "left out 2 training clip(s) with a non-finite embedding (rows [13, 17])" in capsys.readouterr().err
+    assert probe.predict(train_["embedding"][:3]).shape == (3,)
+
+
 def test_a_skipped_step_leaves_the_running_statistics_as_they_were(synthetic_dir, tmp_path):
     """A clip of NaN samples makes its batch's loss NaN; skipping that step must not leave NaN in
     Standardize's running statistics (what evaluation and best.pt use)."""
