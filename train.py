@@ -80,7 +80,8 @@ class Config:
     temperature: float = option(0.1, "contrastive: softmax temperature")
     gather_negatives: bool = option(True, "contrastive under torchrun: every anchor contrasts against the views of "
                                           "all processes (the global batch), as SimCLR and SupCon train")
-    freeze: str = option("top:2", "what trains (model.set_trainable): heads | all | top:N (the last N encoder blocks)")
+    freeze: str = option("top:4", "what trains (model.set_trainable): heads | all | top:N (the last N encoder blocks; "
+                                   "tiny has 4, base 6, small 12)")
     four_class: bool = option(False, "keep neutral / happy (+excited) / sad / angry only")
     exclude: tuple[str, ...] = option(NOT_EMOTIONS, "labels left out of training and scoring (kept in the label "
                                                     "space); give the flag alone to keep every row")
@@ -120,8 +121,8 @@ class Config:
     run_dir: str = option("runs/default", "where the run writes best.pt, last.pt, metrics and figures")
     resume: bool = option(False, "continue from run_dir/last.pt")
     init: str | None = option(None, "start the representation from a saved model (e.g. a contrastive best.pt)")
-    probe_init: bool = option(False, "supervised: start the classifier from the linear probe on the embeddings of "
-                                     "the model as built, then train as configured (LP-FT)")
+    probe_init: bool = option(True, "supervised: start the classifier from the linear probe on the embeddings of "
+                                    "the model as built, then train as configured (LP-FT; off: a random classifier)")
 
     def __post_init__(self) -> None:
         self.exclude = tuple(self.exclude)

@@ -98,7 +98,7 @@ def test_help_explains_every_config_field(capsys):
     for f in dataclasses.fields(train.Config):
         flag = "--" + f.name.replace("_", "-")
         assert flag in out and " ".join(f.metadata["help"].split()) in out, flag
-    assert "--objective {supervised,simclr,supcon}" in out and "(default: top:2)" in out
+    assert "--objective {supervised,simclr,supcon}" in out and "(default: top:4)" in out
 
 
 def test_command_line_types_come_from_the_annotations():
