@@ -367,7 +367,7 @@ def baseline(splits: Mapping[str, datasets.Dataset], seed: int = 0) -> dict[str,
     def arrays(ds: datasets.Dataset) -> dict[str, np.ndarray]:
         cells = ds.select_columns(["audio"])["audio"]
         x = np.stack([clip_statistics(data.encoded_audio(c, f"row {i}"), f"row {i}") for i, c in enumerate(cells)])
-        return {"embedding": x, "emotion": np.array(ds["emotion"]),
+        return {"index": np.arange(len(ds)), "embedding": x, "emotion": np.array(ds["emotion"]),
                 "vad": np.stack([np.asarray(ds[c], dtype=np.float32) for c in VAD], axis=1)}
 
     evals = {name: arrays(ds) for name, ds in splits.items() if name != "train" and len(ds)}
