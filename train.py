@@ -426,11 +426,11 @@ def build_model(cfg: Config, labels: list[str], device: torch.device) -> modelli
 
 
 def encoder_depths(net: modellib.EmotionModel) -> list[tuple[int, torch.nn.Module]]:
-    """(depth below the top, part) for each encoder part: ``ln_post`` and the last block 0, the block below 1,
-    ..., both convolutions ``n_blocks``: the exponent of ``Config.layer_decay``."""
+    """(depth below the top, part) for each of ``net.encoder_parts()`` (conv1, conv2, blocks..., ln_post):
+    ``ln_post`` and the last block 0, the block below 1, ..., both convolutions ``n_blocks``: the exponent of
+    ``Config.layer_decay``."""
     n = len(net.encoder.blocks)
-    e = net.encoder
-    return [(n, e.conv1), (n, e.conv2), *((n - 1 - i, b) for i, b in enumerate(e.blocks)), (0, e.ln_post)]
+    return [(min(n, max(0, n + 1 - j)), part) for j, part in enumerate(net.encoder_parts())]
 
 
 def build_optimizer(cfg: Config, net: modellib.EmotionModel) -> torch.optim.AdamW:
