@@ -30,7 +30,7 @@ import sys
 import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from fractions import Fraction
 from functools import cache, lru_cache
 from pathlib import Path
@@ -322,6 +322,12 @@ def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
 # ----------------------------------------------------------------------------- augmentation
 
 
+# name -> the Augment fields that turn it off (Augment.without)
+AUGMENTATIONS = {"crop": {"crop": False}, "shift": {"p_shift": 0.0}, "speed": {"p_speed": 0.0},
+                 "gain": {"p_gain": 0.0}, "noise": {"p_noise": 0.0},
+                 "masks": {"p_time_mask": 0.0, "p_freq_mask": 0.0}}
+
+
 @dataclass(frozen=True)
 class Augment:
     """Training augmentations, each applied with its probability ``p_*`` per clip and view.
@@ -358,6 +364,13 @@ class Augment:
     @property
     def masks(self) -> bool:
         return self.p_time_mask > 0 or self.p_freq_mask > 0
+
+    def without(self, names: Sequence[str]) -> Augment:
+        """These augmentations (``AUGMENTATIONS``) off, the others as they are: an ablation."""
+        unknown = [n for n in names if n not in AUGMENTATIONS]
+        if unknown:
+            raise ValueError(f"unknown augmentation(s) {unknown}: choose from {tuple(AUGMENTATIONS)}")
+        return replace(self, **{k: v for n in names for k, v in AUGMENTATIONS[n].items()})
 
 
 @dataclass

@@ -46,7 +46,7 @@ import checkpoint
 import data
 import losses
 import model as modellib
-from data import BACKENDS
+from data import AUGMENTATIONS, BACKENDS
 from labels import NOT_EMOTIONS, VAD
 
 OBJECTIVES = ("supervised", "simclr", "supcon")
@@ -95,6 +95,8 @@ class Config:
                                                    "training frequency (the Odyssey 2024 baseline's), none: equal",
                                        ("balanced", None))
     augment: bool = option(True, "training augmentations (data.Augment: crop, shift, speed, gain, noise, SpecAugment)")
+    augment_off: tuple[str, ...] = option((), "augmentations left out, the others kept (an ablation)",
+                                          tuple(AUGMENTATIONS))
     windows: bool = option(True, "evaluate whole utterances: mean over windows covering each (off: its centre crop)")
     epochs: int = option(10, "training epochs (0: evaluate the model as built, e.g. a probe on the frozen encoder)")
     batch_size: int = option(32, "clips per step and process (under torchrun: times the number of processes)")
@@ -125,10 +127,10 @@ class Config:
                                     "the model as built, then train as configured (LP-FT; off: a random classifier)")
 
     def __post_init__(self) -> None:
-        self.exclude = tuple(self.exclude)
+        self.exclude, self.augment_off = tuple(self.exclude), tuple(self.augment_off)
         for f in dataclasses.fields(self):
             choices, value = f.metadata["choices"], getattr(self, f.name)
-            if choices is not None and value not in choices:
+            if choices is not None and not set(value if isinstance(value, tuple) else [value]) <= set(choices):
                 raise ValueError(f"{f.name} must be one of {tuple(choices)}, got {value!r}")
 
     @property
@@ -390,9 +392,9 @@ def build_loaders(cfg: Config, splits: dict[str, datasets.Dataset], device: torc
     split; each rank reads its own shard."""
     kw = dict(n_frames=cfg.n_frames, backend=cfg.backend, device=device, shard_id=rank, num_shards=world,
               num_workers=cfg.num_workers)
+    augment = data.Augment().without(cfg.augment_off) if cfg.augment else None
     train_loader = data.make_loader(splits["train"], batch_size=cfg.batch_size, train=True,
-                                    views=2 if cfg.contrastive else 1, augment=data.Augment() if cfg.augment else None,
-                                    seed=cfg.seed, **kw)
+                                    views=2 if cfg.contrastive else 1, augment=augment, seed=cfg.seed, **kw)
     evals = {s: data.make_loader(ds, batch_size=cfg.batch_size, train=False, windows=cfg.windows, **kw)
              for s, ds in splits.items()}
     return train_loader, evals

@@ -288,6 +288,17 @@ def test_each_augmentation_changes_the_features_and_none_matches_evaluation(smal
             assert (mel["mel"] - base).abs().max() > 1e-2, (change, backend)
 
 
+def test_without_turns_off_only_the_named_augmentations():
+    full = data.Augment()
+    for name, fields_off in data.AUGMENTATIONS.items():
+        ablated = full.without([name])
+        changed = {f.name for f in dataclasses.fields(full) if getattr(ablated, f.name) != getattr(full, f.name)}
+        assert changed == set(fields_off) and not any(getattr(ablated, f) for f in fields_off), name
+    assert full.without(data.AUGMENTATIONS) == data.Augment.none() and full.without([]) == full
+    with pytest.raises(ValueError, match="unknown augmentation.*reverb"):
+        full.without(["noise", "reverb"])
+
+
 def test_backends_draw_the_same_augmentations(small):
     """Same random parameters on both backends; only their resamplers differ."""
     kw = {"train": True, "views": 2, "seed": 5, "augment": data.Augment()}

@@ -107,10 +107,12 @@ def test_command_line_types_come_from_the_annotations():
     assert cfg.data == ["a", "b"] and cfg.encoder_lr == 3e-5 and cfg.augment is False and cfg.epochs == 3
     assert cfg.device is None and train.parse_args(["--encoder-lr", "None"]).encoder_lr is None
     assert train.parse_args([]) == train.Config() and train.parse_args(["--data", "x"]).data == "x"
+    assert train.parse_args(["--augment-off", "speed", "masks"]).augment_off == ("speed", "masks")
 
 
 @pytest.mark.parametrize("field, value", [("objective", "triplet"), ("pooling", "max"), ("backend", "jax"),
-                                          ("precision", "fp16"), ("layers", "first")])
+                                          ("precision", "fp16"), ("layers", "first"),
+                                          ("augment_off", ("speed", "reverb"))])
 def test_config_refuses_a_value_outside_its_choices(field, value):
     with pytest.raises(ValueError, match=f"{field} must be one of .*{value}"):
         train.Config(**{field: value})
