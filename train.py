@@ -40,6 +40,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import confusion_matrix, f1_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 import checkpoint
@@ -105,6 +106,8 @@ class Config:
     layer_decay: float = option(1.0, "layer-wise learning-rate decay: the encoder block k below the top learns at "
                                      "encoder_lr x layer_decay^k, the convolutions at layer_decay^n_blocks (1: off)")
     weight_decay: float = option(0.01, "AdamW weight decay")
+    ema: float = option(0.0, "exponential moving average of the weights, its decay per step (0: off); validation, "
+                             "best.pt and the result use the average, which starts at the initial weights")
     label_smoothing: float = option(0.0, "supervised: cross-entropy label smoothing")
     mixup: float = option(0.0, "supervised: mixup (Zhang et al., 2018) of pairs of clips' log-mels and targets, "
                                "weight ~ Beta(mixup, mixup) per batch (0: off)")
@@ -128,6 +131,8 @@ class Config:
 
     def __post_init__(self) -> None:
         self.exclude, self.augment_off = tuple(self.exclude), tuple(self.augment_off)
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema is a decay per step in [0, 1), got {self.ema}")
         for f in dataclasses.fields(self):
             choices, value = f.metadata["choices"], getattr(self, f.name)
             if choices is not None and not set(value if isinstance(value, tuple) else [value]) <= set(choices):
@@ -637,25 +642,54 @@ class Progress:
         return self.history[-1]
 
 
+def moving_average(net: modellib.EmotionModel, decay: float) -> AveragedModel | None:
+    """An exponential moving average of ``net``'s weights and buffers (None for decay 0), starting at its
+    weights now; ``update_parameters(net)`` after each step moves it ``1 - decay`` of the way to them."""
+    if not decay:
+        return None
+    average = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    average.update_parameters(net)
+    return average
+
+
 def save_last(path: Path, net: torch.nn.Module, optimizer, scheduler, progress: Progress,
-              device: torch.device) -> None:
-    """Everything ``restore_last`` needs to continue the run exactly: weights, optimiser, schedule, RNG."""
-    checkpoint.atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+              device: torch.device, average: AveragedModel | None = None) -> None:
+    """Everything ``restore_last`` needs to continue the run exactly: weights (and their moving average),
+    optimiser, schedule, RNG."""
+    checkpoint.atomic_save({"model": net.state_dict(), "average": average and average.state_dict(),
+                            "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
                             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                             "progress": json.dumps(dataclasses.asdict(progress))}, path)
 
 
-def restore_last(path: Path, net: torch.nn.Module, optimizer, scheduler, device: torch.device) -> Progress:
+def restore_last(path: Path, net: torch.nn.Module, optimizer, scheduler, device: torch.device,
+                 average: AveragedModel | None = None) -> Progress:
     """Load what ``save_last`` wrote into the run's objects; returns where the run stood."""
     state = torch.load(path, map_location=device, weights_only=True)
     net.load_state_dict(state["model"])
+    if average is not None:
+        if state.get("average") is None:
+            raise ValueError(f"{path} holds no moving average of the weights: resume it with ema 0, as it ran")
+        average.load_state_dict(state["average"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     if device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda_rng"], device)
     return Progress(**json.loads(state["progress"]))
+
+
+def start_run(cfg: Config, last: Path, net: modellib.EmotionModel, optimizer, scheduler, train_loader: data.Loader,
+              device: torch.device, amp) -> tuple[Progress, AveragedModel | None]:
+    """Where the run starts (``last`` when resuming; else the model as built, its classifier from the linear
+    probe for LP-FT) and the moving average of its weights (``cfg.ema``)."""
+    resume = cfg.resume and last.exists()
+    if cfg.probe_init and not cfg.contrastive and not resume:
+        start_from_probe(net, train_loader, device, amp, cfg.seed, cfg.skip_nonfinite)
+    average = moving_average(net, cfg.ema)
+    progress = restore_last(last, net, optimizer, scheduler, device, average) if resume else Progress()
+    return progress, average
 
 
 class RunLog:
@@ -730,11 +764,8 @@ def fit(cfg: Config) -> dict:
         net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
     criterion = Criterion.of(cfg, splits["train"], device)
     last, best = Path(cfg.run_dir) / "last.pt", Path(cfg.run_dir) / "best.pt"
-    progress = Progress()
-    if cfg.resume and last.exists():
-        progress = restore_last(last, net, optimizer, scheduler, device)
-    elif cfg.probe_init and not cfg.contrastive:
-        start_from_probe(net, eval_loaders["train"], device, amp, cfg.seed, cfg.skip_nonfinite)
+    progress, average = start_run(cfg, last, net, optimizer, scheduler, eval_loaders["train"], device, amp)
+    scored = average.module if average is not None else net  # what validation scores and best.pt holds
     log = RunLog(cfg, main, progress)
     memory = estimate_memory(cfg, net, device, amp) if device.type == "cuda" else None
     if main:
@@ -745,16 +776,16 @@ def fit(cfg: Config) -> dict:
     def evaluate_and_save(epoch: int) -> dict:
         """Validation metrics; ``best.pt`` when they are the best yet (rank 0 writes, every rank agrees)."""
         if world > 1:  # each rank's last step left its own buffers (Standardize's statistics): use rank 0's
-            for buffer in net.buffers():
+            for buffer in scored.buffers():
                 dist.broadcast(buffer, 0)
-        val, probe = evaluate(net, eval_loaders, ("validation",), contrastive=cfg.contrastive, device=device,
+        val, probe = evaluate(scored, eval_loaders, ("validation",), contrastive=cfg.contrastive, device=device,
                               amp=amp, seed=cfg.seed, skip_nonfinite=cfg.skip_nonfinite)
         if val["validation"]["ua"] > progress.best_ua or cfg.epochs == 0:
             progress.best_ua = val["validation"]["ua"]
             if probe is not None:
-                fold_probe(net, probe)
+                fold_probe(scored, probe)
             if main:
-                checkpoint.save_model(net, best, extra={"epoch": epoch, "seed": cfg.seed, "objective": cfg.objective,
+                checkpoint.save_model(scored, best, extra={"epoch": epoch, "seed": cfg.seed, "objective": cfg.objective,
                                                         "val": val["validation"]})
         return val["validation"]
 
@@ -769,6 +800,8 @@ def fit(cfg: Config) -> dict:
             with explain_out_of_memory(cfg.batch_size, memory):
                 loss = train_step(cfg, ddp, batch, optimizer, scheduler, criterion, amp, progress.step)
             progress.step += 1
+            if average is not None:
+                average.update_parameters(net)
             if loss is None:
                 progress.skipped += 1
                 continue
@@ -779,7 +812,7 @@ def fit(cfg: Config) -> dict:
         val = evaluate_and_save(epoch + 1)
         log.epoch(progress.end_epoch(losses_seen, val, time.perf_counter() - t0))
         if main:
-            save_last(last, net, optimizer, scheduler, progress, device)
+            save_last(last, net, optimizer, scheduler, progress, device, average)
     if cfg.epochs == 0:  # nothing to train (e.g. the linear probe before contrastive training): as built
         evaluate_and_save(0)
 

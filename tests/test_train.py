@@ -210,12 +210,13 @@ def test_one_loss_function_for_every_objective():
 
 @pytest.mark.e2e
 def test_kill_and_resume_gives_the_same_result(synthetic_dir, tmp_path):
-    """SIGKILL mid-epoch 2 of 3, resume from last.pt: the same final metrics as an uninterrupted run."""
-    full = run_train(tiny_args(synthetic_dir, tmp_path / "full", epochs="3"))
+    """SIGKILL mid-epoch 2 of 3, resume from last.pt: the same final metrics as an uninterrupted run (with a
+    moving average of the weights, which last.pt carries too)."""
+    full = run_train(tiny_args(synthetic_dir, tmp_path / "full", epochs="3", ema="0.5"))
     assert full.returncode == 0, full.stderr[-3000:]
     expected = json.loads((tmp_path / "full" / "results.json").read_text())
 
-    args = tiny_args(synthetic_dir, tmp_path / "killed", epochs="3", **{"log-every": "1"})
+    args = tiny_args(synthetic_dir, tmp_path / "killed", epochs="3", ema="0.5", **{"log-every": "1"})
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     killed_at = None
@@ -502,3 +503,17 @@ def test_probe_init_starts_the_classifier_as_the_linear_probe(synthetic_dir, tmp
                                probe.predict_proba(pred["validation"]["embedding"]), atol=1e-4)
     assert train.fit(dataclasses.replace(cfg, probe_init=False, run_dir=str(tmp_path / "plain")))["validation"][
         "confusion"] != result["validation"]["confusion"]
+
+
+def test_ema_scores_the_moving_average_and_leaves_training_alone(synthetic_dir, tmp_path):
+    """``ema``: training is unchanged (the same losses) while validation, best.pt and the result use the
+    average; a decay of almost 1 keeps it at the initial weights, which score as the model as built."""
+    cfg = tiny_config(synthetic_dir, tmp_path / "plain", epochs="1")
+    plain = train.fit(cfg)
+    still = train.fit(dataclasses.replace(cfg, ema=1 - 1e-9, run_dir=str(tmp_path / "still")))
+    built = train.fit(dataclasses.replace(cfg, epochs=0, run_dir=str(tmp_path / "built")))
+    assert [h["train_loss"] for h in still["history"]] == [h["train_loss"] for h in plain["history"]]
+    for split in ("validation", "test"):
+        assert still[split]["confusion"] == built[split]["confusion"] != plain[split]["confusion"], split
+    with pytest.raises(ValueError, match="ema is a decay per step"):
+        train.Config(ema=1.0)
