@@ -106,6 +106,9 @@ class Config:
     layer_decay: float = option(1.0, "layer-wise learning-rate decay: the encoder block k below the top learns at "
                                      "encoder_lr x layer_decay^k, the convolutions at layer_decay^n_blocks (1: off)")
     weight_decay: float = option(0.01, "AdamW weight decay")
+    wise: tuple[float, ...] = option((), "supervised, WiSE-FT (Wortsman et al., 2022): after training, interpolate "
+                                         "best.pt's weights towards the start's, (1 - a) * best + a * start, for "
+                                         "each a given; validation UA chooses among them and a = 0")
     ema: float = option(0.0, "exponential moving average of the weights, its decay per step (0: off); validation, "
                              "best.pt and the result use the average, which starts at the initial weights")
     label_smoothing: float = option(0.0, "supervised: cross-entropy label smoothing")
@@ -133,6 +136,10 @@ class Config:
         self.exclude, self.augment_off = tuple(self.exclude), tuple(self.augment_off)
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema is a decay per step in [0, 1), got {self.ema}")
+        self.wise = tuple(self.wise)
+        if not all(0 <= a <= 1 for a in self.wise) or (self.wise and self.contrastive):
+            raise ValueError(f"wise takes interpolation weights in [0, 1] for a supervised objective, got {self.wise} "
+                             f"for {self.objective}")
         for f in dataclasses.fields(self):
             choices, value = f.metadata["choices"], getattr(self, f.name)
             if choices is not None and not set(value if isinstance(value, tuple) else [value]) <= set(choices):
@@ -681,15 +688,18 @@ def restore_last(path: Path, net: torch.nn.Module, optimizer, scheduler, device:
 
 
 def start_run(cfg: Config, last: Path, net: modellib.EmotionModel, optimizer, scheduler, train_loader: data.Loader,
-              device: torch.device, amp) -> tuple[Progress, AveragedModel | None]:
+              device: torch.device, amp) -> tuple[Progress, AveragedModel | None, modellib.EmotionModel]:
     """Where the run starts (``last`` when resuming; else the model as built, its classifier from the linear
-    probe for LP-FT) and the moving average of its weights (``cfg.ema``)."""
+    probe for LP-FT, saved as ``start.pt`` for WiSE-FT), the moving average of its weights (``cfg.ema``) and
+    the model that validation scores and ``best.pt`` holds (the average where there is one, else ``net``)."""
     resume = cfg.resume and last.exists()
     if cfg.probe_init and not cfg.contrastive and not resume:
         start_from_probe(net, train_loader, device, amp, cfg.seed, cfg.skip_nonfinite)
+    if cfg.wise and not resume and (not dist.is_initialized() or dist.get_rank() == 0):
+        checkpoint.save_model(net, last.with_name("start.pt"))  # WiSE-FT interpolates towards it
     average = moving_average(net, cfg.ema)
     progress = restore_last(last, net, optimizer, scheduler, device, average) if resume else Progress()
-    return progress, average
+    return progress, average, net if average is None else average.module
 
 
 class RunLog:
@@ -743,6 +753,34 @@ class RunLog:
         self.jsonl.flush()
 
 
+def interpolate(start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tensor],
+                alpha: float) -> dict[str, torch.Tensor]:
+    """WiSE-FT's weights, ``(1 - alpha) * end + alpha * start`` entry by entry (integer buffers: ``end``'s)."""
+    return {k: torch.lerp(v, start[k], alpha) if v.is_floating_point() else v for k, v in end.items()}
+
+
+def wise_ft(cfg: Config, net: modellib.EmotionModel, best: Path, eval_loaders: dict[str, data.Loader],
+            device: torch.device, amp, save: bool) -> dict:
+    """Load into ``net`` (holding ``best``'s weights) its interpolation towards ``start.pt`` beside ``best``
+    that scores the highest validation UA, of ``alpha`` 0 and each of ``cfg.wise`` (ties: the smaller
+    alpha); ``save``: write it to ``best``. Returns {"alpha": the chosen one, "validation_ua": alpha -> UA}."""
+    end = {k: v.clone() for k, v in net.state_dict().items()}
+    start = checkpoint.load_model(best.with_name("start.pt"), device=device).state_dict()
+    scores = {}
+    for alpha in sorted({0.0, *cfg.wise}):
+        net.load_state_dict(interpolate(start, end, alpha))
+        val, _ = evaluate(net, eval_loaders, ("validation",), contrastive=False, device=device, amp=amp,
+                          seed=cfg.seed, skip_nonfinite=cfg.skip_nonfinite)
+        scores[alpha] = val["validation"]["ua"]
+    alpha = max(scores, key=scores.get)
+    net.load_state_dict(interpolate(start, end, alpha))
+    print("WiSE-FT validation UA by alpha: " + ", ".join(f"{a:g}: {ua:.3f}" for a, ua in scores.items())
+          + f"; alpha {alpha:g} kept")
+    if save:
+        checkpoint.save_model(net, best, extra={**checkpoint.read_checkpoint(best)["extra"], "wise_alpha": alpha})
+    return {"alpha": alpha, "validation_ua": scores}
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -764,8 +802,7 @@ def fit(cfg: Config) -> dict:
         net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
     criterion = Criterion.of(cfg, splits["train"], device)
     last, best = Path(cfg.run_dir) / "last.pt", Path(cfg.run_dir) / "best.pt"
-    progress, average = start_run(cfg, last, net, optimizer, scheduler, eval_loaders["train"], device, amp)
-    scored = average.module if average is not None else net  # what validation scores and best.pt holds
+    progress, average, scored = start_run(cfg, last, net, optimizer, scheduler, eval_loaders["train"], device, amp)
     log = RunLog(cfg, main, progress)
     memory = estimate_memory(cfg, net, device, amp) if device.type == "cuda" else None
     if main:
@@ -819,9 +856,10 @@ def fit(cfg: Config) -> dict:
     if world > 1:
         dist.barrier()  # best.pt is written
     net.load_state_dict(checkpoint.load_model(best, device=device).state_dict())
+    wise = wise_ft(cfg, net, best, eval_loaders, device, amp, save=main) if cfg.wise else None
     final, _ = evaluate(net, eval_loaders, ("validation", "test"), contrastive=cfg.contrastive, device=device,
                         amp=amp, seed=cfg.seed, skip_nonfinite=cfg.skip_nonfinite)
-    result = {**final, "history": progress.history, "skipped": progress.skipped, "seed": cfg.seed}
+    result = {**final, "history": progress.history, "skipped": progress.skipped, "seed": cfg.seed, "wise": wise}
     log.final(result)
     return result
 

@@ -517,3 +517,26 @@ def test_ema_scores_the_moving_average_and_leaves_training_alone(synthetic_dir, 
         assert still[split]["confusion"] == built[split]["confusion"] != plain[split]["confusion"], split
     with pytest.raises(ValueError, match="ema is a decay per step"):
         train.Config(ema=1.0)
+
+
+def test_wise_ft_chooses_on_validation_among_interpolations_towards_the_start(synthetic_dir, tmp_path):
+    """WiSE-FT: alpha 0 scores as best.pt without it, alpha 1 as the model as built; validation chooses, and
+    best.pt then holds the chosen weights."""
+    cfg = tiny_config(synthetic_dir, tmp_path / "plain", epochs="1")
+    plain = train.fit(cfg)
+    built = train.fit(dataclasses.replace(cfg, epochs=0, run_dir=str(tmp_path / "built")))
+    wise = train.fit(dataclasses.replace(cfg, wise=(1.0, 0.5), run_dir=str(tmp_path / "wise")))
+    scores = wise["wise"]["validation_ua"]
+    assert list(scores) == [0.0, 0.5, 1.0]
+    assert scores[0.0] == plain["validation"]["ua"] and scores[1.0] == built["validation"]["ua"] != scores[0.0]
+    assert wise["validation"]["ua"] == scores[wise["wise"]["alpha"]] == max(scores.values())
+    assert checkpoint.read_checkpoint(tmp_path / "wise" / "best.pt")["extra"]["wise_alpha"] == wise["wise"]["alpha"]
+    kept = checkpoint.load_model(tmp_path / "wise" / "best.pt", device="cpu").state_dict()
+    start = checkpoint.load_model(tmp_path / "wise" / "start.pt", device="cpu").state_dict()
+    end = checkpoint.load_model(tmp_path / "plain" / "best.pt", device="cpu").state_dict()
+    assert not torch.equal(start["classifier.weight"], end["classifier.weight"])
+    torch.testing.assert_close(kept["classifier.weight"],
+                               torch.lerp(end["classifier.weight"], start["classifier.weight"], wise["wise"]["alpha"]))
+    for bad in ({"wise": (1.5,)}, {"wise": (0.5,), "objective": "supcon"}):
+        with pytest.raises(ValueError, match="wise takes interpolation weights"):
+            train.Config(**bad)
