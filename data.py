@@ -30,7 +30,7 @@ import sys
 import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from functools import cache, lru_cache
 from pathlib import Path
@@ -359,7 +359,7 @@ class Augment:
     @classmethod
     def none(cls) -> Augment:
         """Every augmentation off: the evaluation features."""
-        return cls(crop=False, **{f.name: 0.0 for f in fields(cls) if f.name.startswith("p_")})
+        return cls().without(AUGMENTATIONS)
 
     @property
     def masks(self) -> bool:
