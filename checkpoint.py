@@ -2,7 +2,8 @@
 
 - ``load_encoder`` reads openai-whisper's audio encoder from a model name (downloaded once into
   ``~/.cache/whisper``), a checkpoint file in openai-whisper's format, or ``random:<name>`` (untrained),
-  its positional embedding trimmed to the model's context; ``from_whisper`` puts an ``EmotionModel`` on it.
+  its positional embedding trimmed to the model's context; ``from_whisper`` puts an ``EmotionModel`` on it
+  (a ``ModelConfig`` whose dims are the checkpoint's).
 - ``save_model``/``load_model`` write and read one self-describing file (``FORMAT``) that rebuilds the
   model without the original Whisper checkpoint; ``atomic_save`` never leaves a half-written file.
 
@@ -124,15 +125,12 @@ def load_encoder(name_or_path: str, n_frames: int = 300, device: str | torch.dev
     return encoder.to(resolve_device(device))
 
 
-def from_whisper(whisper: str, *, labels: list[str], n_frames: int = 300, pooling: str = "mean",
-                 layers: str = "weighted", proj_dim: int = 128, vad_head: bool = False, dropout: float = 0.1,
-                 device: str | torch.device | None = None, download_root: str | None = None) -> EmotionModel:
-    """A new ``EmotionModel`` (heads untrained) on the encoder of ``whisper`` (``load_encoder``'s name, path
-    or random:<name>); the other arguments are ``ModelConfig``'s."""
-    encoder = load_encoder(whisper, n_frames, device="cpu", download_root=download_root)
-    config = ModelConfig(whisper=whisper, dims=encoder.dims, labels=labels, n_frames=n_frames,
-                         n_mels=encoder.dims.n_mels, pooling=pooling, layers=layers, proj_dim=proj_dim,
-                         vad_head=vad_head, dropout=dropout)
+def from_whisper(config: ModelConfig, device: str | torch.device | None = None,
+                 download_root: str | None = None) -> EmotionModel:
+    """A new ``EmotionModel`` (heads untrained) as ``config`` describes it, on the encoder of ``config.whisper``
+    (``load_encoder``'s name, path or random:<name>), whose dims (and number of mels) it takes."""
+    encoder = load_encoder(config.whisper, config.n_frames, device="cpu", download_root=download_root)
+    config = replace(config, dims=encoder.dims, n_mels=encoder.dims.n_mels)
     return EmotionModel(config, encoder).to(resolve_device(device))
 
 
@@ -181,7 +179,7 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         hint = ""
         if isinstance(obj, dict) and {"dims", "model_state_dict"} <= obj.keys():
-            hint = " (it is an openai-whisper checkpoint: pass it as from_whisper's whisper=)"
+            hint = " (it is an openai-whisper checkpoint: give it as the Whisper encoder, --whisper)"
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise ValueError(f"{path} is not a {FORMAT} model file (format: {found!r}){hint}")
     missing = {"config", "state_dict", "extra"} - obj.keys()

@@ -1,28 +1,28 @@
 """Corpora -> batches of Whisper log-mel features, on the GPU with NVIDIA DALI or on the CPU with PyTorch.
 
     ds = load_corpus("data/synthetic", "train")                 # or several: ["data/iemocap", "data/ravdess"]
-    loader = make_loader(ds, batch_size=64, train=True, views=2, augment=Augment(), device="cuda")
+    loader = make_loader(ds, LoaderOptions(batch_size=64, train=True, views=2, augment=Augment()), device="cuda")
     for epoch in range(epochs):
         loader.set_epoch(epoch)
-        for batch in loader:  # mel [B, 2, 80, 300], emotion [B], vad [B, 3], index [B]
+        for batch in loader:  # mel [B, 2, 80, 300], frames [B, 2], emotion [B], vad [B, 3], index [B]
             ...
 
-Features are Whisper's (``log_mel`` equals ``whisper.log_mel_spectrogram``, except that the maximum of the
-dynamic-range clamp is taken per clip) on a crop of ``n_frames * HOP_LENGTH`` samples at 16 kHz: a random
-crop when training with ``Augment.crop``, the centre otherwise; a shorter clip is zero-padded at the end.
+The prepared corpora's schema (``schema``, ``check_schema``), reading them (``load_corpus``) and writing them
+(``save``); training augmentations (``Augment``); the two loaders. Features are ``audio.log_mel`` on a crop of
+``n_frames * HOP_LENGTH`` samples at 16 kHz: a random crop when training with ``Augment.crop``, the centre
+otherwise; a shorter clip is zero-padded at the end.
 
 Both backends compute the same batches from the same random draws: every random parameter of a batch
 (crop position, speed, gain, noise, masks) is drawn in numpy from ``rng([seed, epoch, shard_id, batch])``
 (``draw_batch``), so batches are reproducible whatever the number of workers, and the backends agree up to
 their resamplers. The encoded bytes are decoded at their own rate (DALI's ``decoders.audio``, or
-soundfile) and resampled to 16 kHz after an anti-aliasing low-pass (``_lowpass``): DALI's resampler keeps
-its cutoff at the input's Nyquist, so without it a 48 kHz file aliases into the band.
+soundfile) and resampled to 16 kHz after an anti-aliasing low-pass (``audio.lowpass_taps``): DALI's resampler
+keeps its cutoff at the input's Nyquist, so without it a 48 kHz file aliases into the band.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
 import os
@@ -37,24 +37,34 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import soundfile as sf
 import torch
-from scipy.signal import firwin, kaiserord, resample_poly
 
+from audio import (
+    HOP_LENGTH,
+    N_FFT,
+    SAMPLE_RATE,
+    AudioError,
+    audio_header,
+    clip_frames,
+    decode_native,
+    log_mel,
+    lowpass_taps,
+    mel_filters,
+    resample,
+    window_starts,
+)
 from labels import FOUR_CLASS, NOT_EMOTIONS, VAD, merge_label_names, to_four_class
 
-SAMPLE_RATE = 16000
-N_FFT = 400
-HOP_LENGTH = 160
 COLUMNS = ("id", "audio", "emotion", *VAD, "speaker", "corpus", "duration")  # every corpus's, in this order
+SPLITS = ("train", "validation", "test")  # every prepared corpus's (MSP-Podcast adds its other test sets)
 FOLD_FILE = "fold.json"  # a fold written by prepare.save_folds: its splits as rows of a shared prepared corpus
 BACKENDS = ("auto", "dali", "torch")
 NOISE_COLORS = ("white", "pink", "brown")
 _MARGIN = 2 * HOP_LENGTH  # 16 kHz samples resampled on either side of a crop and then dropped
-
-
-class AudioError(ValueError):
-    """Audio that cannot be decoded; the message names the file or dataset row."""
+AUDIO = datasets.Audio(decode=False)
+# How the audio column is written: this plain struct (the same arrow storage), then cast to ``AUDIO``;
+# ``Audio.encode_example`` needs torchcodec and drops the bytes of a path that exists locally.
+AUDIO_STORAGE = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -105,23 +115,41 @@ def _open(name: str | Path, split: str) -> datasets.Dataset:
             if split not in ds:
                 raise KeyError(f"{name} has no split {split!r}; it has {sorted(ds)}")
             ds = ds[split]
+    elif _local(name):
+        raise FileNotFoundError(f"no prepared corpus at {name}: no such folder (prepare.py writes one)")
     else:
         try:
             ds = datasets.load_dataset(str(name), split=split)
         except Exception as e:
             raise FileNotFoundError(f"{name!r} is neither a folder nor a loadable Hub dataset: {e}") from e
     if isinstance(ds.features.get("audio"), datasets.Audio) and ds.features["audio"].decode:
-        ds = ds.cast_column("audio", datasets.Audio(decode=False))
+        ds = ds.cast_column("audio", AUDIO)
     return ds
 
 
-def schema(label_names: Sequence[str], extra: dict[str, datasets.Value] | None = None) -> datasets.Features:
+def _local(name: str | Path) -> bool:
+    """Whether a name that is no folder can only mean one (so that it is not looked for on the Hub, whose ids are
+    ``NAME`` or ``OWNER/NAME``): an absolute or ``./`` path, more than two parts, or a first part that is a
+    folder here (``data/ravdess`` beside ``data/``)."""
+    parts = Path(name).parts
+    return Path(name).is_absolute() or str(name).startswith(".") or len(parts) > 2 or (
+        len(parts) == 2 and Path(parts[0]).is_dir())
+
+
+def schema(label_names: Sequence[str], extra: dict[str, datasets.Value] | None = None, *,
+           written: bool = False) -> datasets.Features:
     """The features of a prepared corpus: ``COLUMNS`` (``emotion`` named by ``label_names``), then the corpus's
-    own ``extra`` columns."""
-    common = {"id": datasets.Value("string"), "audio": datasets.Audio(decode=False),
+    own ``extra`` columns; ``written``: with the audio column as rows are written (``AUDIO_STORAGE``)."""
+    common = {"id": datasets.Value("string"), "audio": AUDIO_STORAGE if written else AUDIO,
               "emotion": datasets.ClassLabel(names=list(label_names)), "speaker": datasets.Value("string"),
               "corpus": datasets.Value("string"), **{c: datasets.Value("float32") for c in (*VAD, "duration")}}
     return datasets.Features({**{c: common[c] for c in COLUMNS}, **(extra or {})})
+
+
+def save(dsd: datasets.DatasetDict, out_dir: str | Path) -> None:
+    """``save_to_disk``, writing one shard for an empty split (datasets otherwise writes none and
+    ``load_from_disk`` fails on it: huggingface/datasets PR #8385)."""
+    dsd.save_to_disk(str(out_dir), num_shards={split: 1 for split, rows in dsd.items() if len(rows) == 0})
 
 
 def check_schema(ds: datasets.Dataset, name: str = "dataset", columns: Sequence[str] = COLUMNS) -> None:
@@ -182,7 +210,9 @@ def _four_class(ds: datasets.Dataset, name: str) -> datasets.Dataset:
     return _replace_emotion(ds, new, FOUR_CLASS).select(keep)
 
 
-# ----------------------------------------------------------------------------- audio
+def vad_ratings(ds: datasets.Dataset) -> np.ndarray:
+    """float32 [N, 3]: the valence, arousal and dominance of every row (NaN where the corpus has none)."""
+    return np.stack([np.asarray(ds[c], dtype=np.float32) for c in VAD], axis=1)
 
 
 def encoded_audio(cell: dict, name: str) -> bytes:
@@ -196,136 +226,7 @@ def encoded_audio(cell: dict, name: str) -> bytes:
         raise AudioError(f"{name}: no audio bytes and cannot read {cell.get('path')!r}") from e
 
 
-def to_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """[T] or [T, channels] at ``sample_rate`` Hz -> float32 mono [T'] at 16 kHz (anti-aliased)."""
-    audio = np.asarray(audio, dtype=np.float32)
-    if audio.ndim == 2:
-        audio = audio.mean(axis=1)
-    return _resample(audio, Fraction(SAMPLE_RATE, int(sample_rate)))
-
-
-def decode_audio(data: bytes, *, name: str = "") -> np.ndarray:
-    """Encoded audio (any format libsndfile reads) -> float32 mono [T] at 16 kHz.
-
-    Raises AudioError naming ``name`` when it cannot be decoded.
-    """
-    audio, rate = _decode(data, name)
-    return to_16k(audio, rate)
-
-
-def load_audio(path: str | Path) -> np.ndarray:
-    """An audio file -> float32 mono [T] at 16 kHz; AudioError naming the file when it cannot be read."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise AudioError(f"{path}: cannot read ({e.strerror or e})") from e
-    return decode_audio(data, name=str(path))
-
-
-def _decode(data: bytes, name: str) -> tuple[np.ndarray, int]:
-    """Encoded bytes -> (float32 mono [T] at the file's rate, rate)."""
-    try:
-        audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except Exception as e:  # libsndfile reports every failure as a RuntimeError with its own message
-        raise AudioError(f"{name or 'audio'}: cannot decode ({_reason(e)})") from e
-    return audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0], int(rate)
-
-
-def _reason(error: Exception) -> str:
-    """libsndfile's own words, without the repr of the buffer soundfile adds."""
-    return getattr(error, "error_string", None) or str(error)
-
-
-def _header(data: bytes, name: str) -> tuple[int, int]:
-    """(frames, sample rate) from the header of encoded audio; AudioError naming ``name`` when unreadable."""
-    try:
-        info = sf.info(io.BytesIO(data))
-    except Exception as e:
-        raise AudioError(f"{name}: cannot decode ({_reason(e)})") from e
-    if info.frames <= 0:
-        raise AudioError(f"{name}: no audio samples")
-    return int(info.frames), int(info.samplerate)
-
-
-@lru_cache(maxsize=256)
-def _lowpass(ratio: float) -> np.ndarray:
-    """FIR taps [K] (odd K) removing what a resampling by 1/``ratio`` (input/output rate) would alias.
-
-    Cutoff at 0.95 of the output's Nyquist, transition 0.9-1.0 of it, 80 dB stop band: for 48 -> 16 kHz
-    the pass band ends at 7.2 kHz and everything above 8 kHz is attenuated by >= 80 dB.
-    """
-    if ratio <= 1:
-        return np.ones(1, np.float32)
-    n, beta = kaiserord(80.0, 0.1 / ratio)
-    return firwin(n | 1, 0.95 / ratio, window=("kaiser", beta)).astype(np.float32)
-
-
-def _resample(audio: np.ndarray, scale: Fraction) -> np.ndarray:
-    """float32 [T] -> [ceil(T * scale)] by polyphase filtering with the ``_lowpass`` filter."""
-    if scale == 1:
-        return audio
-    up, down = scale.numerator, scale.denominator
-    taps = _lowpass(float(max(up, down)))
-    return resample_poly(audio, up, down, window=taps).astype(np.float32)
-
-
-# ----------------------------------------------------------------------------- features
-
-
-@cache
-def mel_filters(n_mels: int) -> np.ndarray:
-    """Whisper's Slaney mel filter bank [n_mels, N_FFT // 2 + 1] (80 or 128 mels)."""
-    import whisper.audio
-
-    return whisper.audio.mel_filters("cpu", n_mels).numpy()
-
-
-def log_mel(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
-    """Whisper's log-mel: [..., T] 16 kHz -> [..., n_mels, T // 160] (floor: each clip's max - 8)."""
-    shape = audio.shape
-    window = torch.hann_window(N_FFT, device=audio.device)
-    stft = torch.stft(audio.reshape(-1, shape[-1]), N_FFT, HOP_LENGTH, window=window, return_complex=True)
-    power = stft[..., :-1].abs() ** 2
-    mel = torch.from_numpy(mel_filters(n_mels)).to(audio.device) @ power
-    log = mel.clamp(min=1e-10).log10()
-    log = torch.maximum(log, log.amax(dim=(-2, -1), keepdim=True) - 8.0)
-    return ((log + 4.0) / 4.0).reshape(*shape[:-1], n_mels, -1)
-
-
-def eval_features(audio: torch.Tensor, n_frames: int = 300, n_mels: int = 80) -> torch.Tensor:
-    """The evaluation features of a clip: [T] 16 kHz -> [n_mels, n_frames] (centre crop, or zero-padded)."""
-    n = n_frames * HOP_LENGTH
-    start = max(len(audio) - n, 0) // 2
-    audio = torch.nn.functional.pad(audio[start: start + n], (0, max(n - len(audio), 0)))
-    return log_mel(audio, n_mels)
-
-
-def clip_frames(samples: np.ndarray | int, n_frames: int) -> np.ndarray | int:
-    """Mel frames of a crop of ``n_frames`` that hold a clip's first ``samples`` 16 kHz samples (the rest of the
-    crop is padding): ceil(samples / HOP_LENGTH), at most ``n_frames``."""
-    return np.minimum(-(-samples // HOP_LENGTH), n_frames)
-
-
-def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
-    """Start sample of every window of ``window`` samples over a clip of ``n_samples``.
-
-    Starts at 0, then every ``hop`` samples; the last window ends exactly at the clip's end.
-    A clip no longer than one window has the single start 0. Needs 0 < hop <= window (no gaps).
-    """
-    if not 0 < hop <= window:
-        raise ValueError(f"hop ({hop} samples) must be positive and at most the window ({window} samples)")
-    if n_samples <= window:
-        return [0]
-    return [*range(0, n_samples - window, hop), n_samples - window]
-
-
 # ----------------------------------------------------------------------------- augmentation
-
-
-# name -> the Augment fields that turn it off (Augment.without)
-AUGMENTATIONS = {"crop": {"crop": False}, "shift": {"p_shift": 0.0}, "speed": {"p_speed": 0.0},
-                 "gain": {"p_gain": 0.0}, "noise": {"p_noise": 0.0},
-                 "masks": {"p_time_mask": 0.0, "p_freq_mask": 0.0}}
 
 
 @dataclass(frozen=True)
@@ -359,18 +260,12 @@ class Augment:
     @classmethod
     def none(cls) -> Augment:
         """Every augmentation off: the evaluation features."""
-        return cls().without(AUGMENTATIONS)
+        return cls(crop=False, p_shift=0.0, p_speed=0.0, p_gain=0.0, p_noise=0.0, p_time_mask=0.0, p_freq_mask=0.0)
 
     @property
     def masks(self) -> bool:
         return self.p_time_mask > 0 or self.p_freq_mask > 0
 
-    def without(self, names: Sequence[str]) -> Augment:
-        """These augmentations (``AUGMENTATIONS``) off, the others as they are: an ablation."""
-        unknown = [n for n in names if n not in AUGMENTATIONS]
-        if unknown:
-            raise ValueError(f"unknown augmentation(s) {unknown}: choose from {tuple(AUGMENTATIONS)}")
-        return replace(self, **{k: v for n in names for k, v in AUGMENTATIONS[n].items()})
 
 
 @dataclass
@@ -399,12 +294,14 @@ class BatchDraw:
     freq_mask: np.ndarray
 
 
-def draw_batch(rng: np.random.Generator, aug: Augment, clip_samples: np.ndarray, rates: np.ndarray, views: int,
-               n_frames: int, n_mels: int, bank: int, windows: np.ndarray | None = None) -> BatchDraw:
-    """Every random parameter of a batch of clips of ``clip_samples`` samples at ``rates`` Hz ([B] each).
+def draw_batch(rng: np.random.Generator, options: LoaderOptions, clip_samples: np.ndarray, rates: np.ndarray,
+               bank: int, windows: np.ndarray | None = None) -> BatchDraw:
+    """Every random parameter of a batch of clips of ``clip_samples`` samples at ``rates`` Hz ([B] each), for
+    ``options`` (its ``augment``, ``views``, ``n_frames`` and ``n_mels``) and a noise bank of ``bank`` samples.
 
     windows: [B] start of each clip's crop in 16 kHz samples (evaluation windows) instead of the random
     (``aug.crop``) or centre crop."""
+    aug, views, n_frames, n_mels = options.augment or Augment.none(), options.views, options.n_frames, options.n_mels
     shape = (len(clip_samples), views)
     n = n_frames * HOP_LENGTH
     clip_samples, rates = clip_samples[:, None], rates[:, None]
@@ -477,6 +374,40 @@ def noise_bank(seed: int, n: int = 2**18) -> np.ndarray:
 # ----------------------------------------------------------------------------- loaders
 
 
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How a loader batches a split (``make_loader``).
+
+    batch_size: clips per batch; train: a new permutation every epoch and ``augment`` (None: none), else the
+    rows in order, unaugmented; views: crops per clip (2 for a contrastive objective); n_frames: mel frames per
+    crop (100 per second); n_mels: 80 or 128, the encoder's; windows (evaluation only): every row on windows
+    covering its whole length instead of its centre crop; seed: of every random draw; backend: "auto",
+    "dali" or "torch"; num_workers: DALI threads or DataLoader processes (None: min(4, CPUs)).
+    """
+
+    batch_size: int
+    train: bool = False
+    views: int = 1
+    n_frames: int = 300
+    n_mels: int = 80
+    augment: Augment | None = None
+    windows: bool = False
+    seed: int = 0
+    backend: str = "auto"
+    num_workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.views < 1 or self.n_frames < 1:
+            raise ValueError(f"batch_size, views, n_frames must be >= 1: {self.batch_size}, {self.views}, "
+                             f"{self.n_frames}")
+        if self.n_mels not in (80, 128):
+            raise ValueError(f"n_mels must be 80 or 128 (Whisper's), got {self.n_mels}")
+        if self.windows and self.train:
+            raise ValueError("windows are for evaluation (train=False); training takes one crop per row")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}: expected one of {BACKENDS}")
+
+
 class Loader:
     """Batches of one shard of a dataset, one epoch per iteration; ``len()`` batches per epoch.
 
@@ -492,26 +423,21 @@ class Loader:
     An epoch that runs to its end advances ``epoch``; ``set_epoch`` sets it.
     """
 
-    def __init__(self, ds: datasets.Dataset, *, batch_size: int, train: bool, views: int, n_frames: int,
-                 n_mels: int, augment: Augment | None, device: str | torch.device | None, seed: int,
-                 shard_id: int, num_shards: int, num_workers: int, windows: bool = False):
-        columns = ["id", "audio", "emotion", *VAD, *(["duration"] if windows else [])]
+    def __init__(self, ds: datasets.Dataset, options: LoaderOptions, *, device: str | torch.device | None = None,
+                 shard_id: int = 0, num_shards: int = 1):
+        columns = ["id", "audio", "emotion", *VAD, *(["duration"] if options.windows else [])]
         check_schema(ds, "dataset", columns)
-        if batch_size < 1 or views < 1 or n_frames < 1:
-            raise ValueError(f"batch_size, views, n_frames must be >= 1: {batch_size}, {views}, {n_frames}")
         if not 0 <= shard_id < num_shards:
             raise ValueError(f"shard_id {shard_id} is not in [0, num_shards={num_shards})")
-        if n_mels not in (80, 128):
-            raise ValueError(f"n_mels must be 80 or 128 (Whisper's), got {n_mels}")
-        if windows and train:
-            raise ValueError("windows are for evaluation (train=False); training takes one crop per row")
+        augment = options.augment if options.train and options.augment is not None else Augment.none()
+        workers = min(4, len(os.sched_getaffinity(0))) if options.num_workers is None else options.num_workers
+        self.options = options = replace(options, augment=augment, num_workers=workers)
         self.ds = ds
-        self.batch_size, self.train, self.views = batch_size, train, views
-        self.n_frames, self.n_mels = n_frames, n_mels
-        self.augment = augment if train and augment is not None else Augment.none()
+        self.batch_size, self.train, self.views = options.batch_size, options.train, options.views
+        self.n_frames, self.n_mels, self.augment = options.n_frames, options.n_mels, augment
         self.device = torch.device(device if device is not None else "cpu")
-        self.seed, self.shard_id, self.num_shards = seed, shard_id, num_shards
-        self.num_workers = num_workers
+        self.seed, self.shard_id, self.num_shards = options.seed, shard_id, num_shards
+        self.num_workers = workers
         self.epoch = 0
         meta = ds.select_columns([c for c in columns if c != "audio"]).with_format("numpy")[:]
         self.ids = [str(i) for i in meta["id"]]
@@ -519,14 +445,14 @@ class Loader:
         self.vad = np.stack([np.asarray(meta[c], dtype=np.float32) for c in VAD], axis=1)
         # The items an epoch visits: the row of each, and with windows its window's start (16 kHz samples).
         self.rows, self.windows = np.arange(len(ds)), None
-        if windows:
-            n = n_frames * HOP_LENGTH
+        if options.windows:
+            n = self.n_frames * HOP_LENGTH
             lengths = np.round(np.asarray(meta["duration"], dtype=np.float64) * SAMPLE_RATE).astype(np.int64)
             starts = [window_starts(int(m), n, n // 2) for m in lengths]
             self.rows = np.repeat(self.rows, [len(w) for w in starts])
             self.windows = np.concatenate(starts).astype(np.int64)
-        self.bank_size = max(2**18, 2 * n_frames * HOP_LENGTH)
-        mel_filters(n_mels)  # loaded once here rather than in every worker
+        self.bank_size = max(2**18, 2 * self.n_frames * HOP_LENGTH)
+        mel_filters(self.n_mels)  # loaded once here rather than in every worker
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -593,11 +519,10 @@ class _TorchBatches(torch.utils.data.Dataset):
         """(items [B], mel, frames) of batch ``i``."""
         lo, items = self.loader, self.batches[i]
         rows = lo.rows[items]
-        decoded = [_decode(data, lo._row_name(row)) for row, data in zip(rows, lo._encoded(rows), strict=True)]
+        decoded = [decode_native(data, lo._row_name(row)) for row, data in zip(rows, lo._encoded(rows), strict=True)]
         clip_samples = np.array([len(a) for a, _ in decoded])
         rates = np.array([r for _, r in decoded])
-        d = draw_batch(lo._rng(i), lo.augment, clip_samples, rates, lo.views, lo.n_frames, lo.n_mels,
-                       lo.bank_size, lo._window_start(items))
+        d = draw_batch(lo._rng(i), lo.options, clip_samples, rates, lo.bank_size, lo._window_start(items))
         n = lo.n_frames * HOP_LENGTH
         bank = noise_bank(lo.seed, lo.bank_size) if lo.augment.p_noise > 0 else None
         wave = np.zeros((len(rows), lo.views, n), np.float32)
@@ -610,7 +535,7 @@ class _TorchBatches(torch.utils.data.Dataset):
                 if last > first:
                     crop[first - start: last - start] = audio[first:last]
                 scale = Fraction(SAMPLE_RATE * 100, int(rate * round(d.speed[b, v] * 100)))
-                x = _resample(crop, scale)[round(margin * scale):][:n]
+                x = resample(crop, scale)[round(margin * scale):][:n]
                 wave[b, v, : len(x)] = x
         wave *= d.gain[..., None]
         if bank is not None:
@@ -630,8 +555,8 @@ class DaliLoader(Loader):
     and features run in one DALI graph, on the GPU after decoding when ``device`` is CUDA (else on DALI's
     CPU backend) with ``num_workers`` threads."""
 
-    def __init__(self, ds: datasets.Dataset, **kw):
-        super().__init__(ds, **kw)
+    def __init__(self, ds: datasets.Dataset, options: LoaderOptions, **kw):
+        super().__init__(ds, options, **kw)
         self._pipe = None
         # The epoch in progress and the graph's source hold this loader weakly: no reference cycle leaves a
         # DALI pipeline to the garbage collector, which could run it down in a forked worker (a hang).
@@ -687,10 +612,9 @@ class DaliLoader(Loader):
         i, items = self._todo.popleft()
         rows = self.rows[items]
         encoded = self._encoded(rows)
-        head = np.array([_header(data, self._row_name(row)) for row, data in zip(rows, encoded, strict=True)])
+        head = np.array([audio_header(data, self._row_name(row)) for row, data in zip(rows, encoded, strict=True)])
         aug, n = self.augment, self.n_frames * HOP_LENGTH
-        d = draw_batch(self._rng(i), aug, head[:, 0], head[:, 1], self.views, self.n_frames, self.n_mels,
-                       self.bank_size, self._window_start(items))
+        d = draw_batch(self._rng(i), self.options, head[:, 0], head[:, 1], self.bank_size, self._window_start(items))
         self._fed.append((items, d.frames[:, 0] if self.views == 1 else d.frames))
         bank = noise_bank(self.seed, self.bank_size) if aug.p_noise > 0 else None
         level = _noise_level(d, n)
@@ -699,7 +623,7 @@ class DaliLoader(Loader):
             out.append([np.array([s], np.int32) for s in d.start[:, v] - d.margin[:, v]])
             out.append([np.array([s], np.int32) for s in d.length[:, v] + 2 * d.margin[:, v]])
             ratio = head[:, 1] * d.speed[:, v] / SAMPLE_RATE
-            out.append([_lowpass(float(r))[None] for r in ratio])
+            out.append([lowpass_taps(float(r))[None] for r in ratio])
             out.append([np.array(r != 1) for r in ratio])  # resample?
             out.append([np.array(r > 1) for r in ratio])  # low-pass first?
             if aug.p_gain > 0:
@@ -787,7 +711,7 @@ class DaliLoader(Loader):
         bad = []
         for row, data in zip(rows, self._encoded(np.array(rows, dtype=np.int64)), strict=True):
             try:
-                _decode(data, self._row_name(row))
+                decode_native(data, self._row_name(row))
             except AudioError as e:
                 bad.append(str(e))
         if bad:
@@ -796,24 +720,17 @@ class DaliLoader(Loader):
         return RuntimeError(f"DALI failed on a batch holding {where}: {error}")
 
 
-def make_loader(ds: datasets.Dataset, *, batch_size: int, train: bool, views: int = 1, n_frames: int = 300,
-                n_mels: int = 80, augment: Augment | None = None, backend: str = "auto",
-                device: str | torch.device | None = None, seed: int = 0, shard_id: int = 0,
-                num_shards: int = 1, num_workers: int | None = None, windows: bool = False) -> Loader:
-    """Batches of ``ds`` (see ``Loader``). backend: "dali", "torch", or "auto": DALI when it runs on this machine
-    and ``device`` (``dali_problem``), else torch. ``augment`` applies only when ``train``; ``num_workers``
-    (default min(4, CPUs)): DALI threads or DataLoader processes; ``windows``: evaluate every row on windows
-    covering its whole length (see ``Loader``)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}: expected one of {BACKENDS}")
-    if num_workers is None:
-        num_workers = min(4, len(os.sched_getaffinity(0)))
-    kw = dict(batch_size=batch_size, train=train, views=views, n_frames=n_frames, n_mels=n_mels,
-              augment=augment, device=device, seed=seed, shard_id=shard_id, num_shards=num_shards,
-              num_workers=num_workers, windows=windows)
+def make_loader(ds: datasets.Dataset, options: LoaderOptions, *, device: str | torch.device | None = None,
+                shard_id: int = 0, num_shards: int = 1) -> Loader:
+    """Batches of ``ds`` as ``options`` say (see ``Loader``), on ``device`` (default: the CPU), of shard
+    ``shard_id`` of ``num_shards`` (a process's part of every split under torchrun). The backend is
+    ``options.backend``: "dali", "torch", or "auto": DALI when it runs on this machine and ``device``
+    (``dali_problem``), else torch."""
+    backend = options.backend
     if backend == "auto":
         backend = choose_backend(torch.device(device if device is not None else "cpu"))
-    return DaliLoader(ds, **kw) if backend == "dali" else TorchLoader(ds, **kw)
+    kind = DaliLoader if backend == "dali" else TorchLoader
+    return kind(ds, options, device=device, shard_id=shard_id, num_shards=num_shards)
 
 
 @cache

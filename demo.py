@@ -5,30 +5,37 @@
 
 Writes the executed notebooks, their figures and metrics under ``--out`` and prints (and saves as
 ``summary.md``) every run's validation UA and test UA/WA/macro-F1, next to the corpus's baseline
-(``train.baseline``). On the synthetic corpus the notebooks run with ``SYNTHETIC``'s settings.
+(``evaluate.baseline``). On the synthetic corpus the notebooks run with ``SYNTHETIC_SETTINGS``. A parameter
+``-p name value`` goes to each notebook that reads it (its own parameters, and the Config fields its objective
+reads); one that neither reads is an error naming the closest.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import json
+import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import nbformat
 import papermill
 
+import config
 import data as datalib
-import prepare
-import report
-import train
+import evaluate
+import synthetic
+from crossval import mean_sd
 
 ROOT = Path(__file__).resolve().parent
 NOTEBOOKS = ("supervised", "contrastive")
 SYNTHETIC = "data/synthetic"
-# What the synthetic demo changes in train.Config's defaults (the recipe for real speech), per notebook.
-# Its 288 training clips carry emotion in absolute loudness and pitch (prepare.PROSODY), which gain and speed
+# What the synthetic demo changes in config.Config's defaults (the recipe for real speech), per notebook.
+# Its training clips carry emotion in absolute loudness and pitch (synthetic.PROSODY), which gain and speed
 # perturbation blur: no augmentation for supervised training. The rest is the configuration measured on it
 # (BENCHMARKS.md, "Training on the synthetic corpus"); it has VAD ratings, so the VAD head trains too.
 SYNTHETIC_SETTINGS = {
@@ -36,6 +43,33 @@ SYNTHETIC_SETTINGS = {
                    "lr": 1e-3, "encoder_lr": 1e-4},
     "contrastive": {"epochs": 6, "batch_size": 16, "lr": 1e-3, "encoder_lr": 1e-4},
 }
+FIELDS = {f.name: f for f in dataclasses.fields(config.Config)}
+
+
+class _FieldsAreKnown(logging.Filter):
+    """papermill warns about every parameter that a notebook's parameters cell does not list; the notebooks take
+    any Config field and refuse what is not one themselves, so those warnings say nothing of a Config field."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Passed unknown parameter: ") and message.split(": ", 1)[1] in FIELDS)
+
+
+logging.getLogger("papermill").addFilter(_FieldsAreKnown())
+
+
+def own_parameters(notebook: str) -> dict[str, object]:
+    """The assignments of ``notebook``'s parameters cell (its first code cell): name -> value."""
+    cell = next(c for c in nbformat.read(ROOT / f"{notebook}.ipynb", as_version=4).cells if c.cell_type == "code")
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body}
+
+
+def notebook_parameters(notebook: str, params: Mapping[str, object]) -> dict[str, object]:
+    """The ``params`` that ``notebook`` reads: its own parameters, and the Config fields its objective reads (the
+    supervised notebook's is supervised)."""
+    own = own_parameters(notebook)
+    objective = "supervised" if notebook == "supervised" else params.get("objective", own.get("objective"))
+    return {k: v for k, v in params.items() if k in own or (k in FIELDS and config.reads(FIELDS[k], objective))}
 
 
 def run(out: Path, data: str = SYNTHETIC, whisper: str = "tiny", overrides: dict | None = None,
@@ -49,9 +83,9 @@ def run(out: Path, data: str = SYNTHETIC, whisper: str = "tiny", overrides: dict
                                     seed, progress):
             runs.setdefault(name, []).append(result)
     # deterministic: computed once, listed once per seed
-    splits = {s: datalib.load_corpus(data, s) for s in prepare.SPLITS}
-    runs[f"baseline: {train.BASELINE}"] = [train.baseline(splits)] * len(seeds)
-    summary = report.summary_table(runs)
+    splits = {s: datalib.load_corpus(data, s) for s in datalib.SPLITS}
+    runs[f"baseline: {evaluate.BASELINE}"] = [evaluate.baseline(splits)] * len(seeds)
+    summary = summary_table(runs)
     if len(seeds) > 1:
         summary = f"{len(seeds)} training seeds ({', '.join(map(str, seeds))}): mean ± standard deviation\n\n" + summary
     (out / "summary.md").write_text(summary + "\n")
@@ -60,15 +94,21 @@ def run(out: Path, data: str = SYNTHETIC, whisper: str = "tiny", overrides: dict
 
 def execute(out: Path, data: str, whisper: str, overrides: dict | None, seed: int,
             progress: bool) -> list[tuple[str, dict]]:
-    """Run both notebooks into ``out``; returns (name, results.json) of every run they finished, in order."""
+    """Run both notebooks into ``out``; returns (name, results.json) of every run they finished, in order. An
+    override that no notebook reads is a ValueError naming the closest parameter, before anything runs."""
+    overrides = dict(overrides or {})
+    known = {*FIELDS, *(k for name in NOTEBOOKS for k in own_parameters(name))}
+    unknown = [k for k in overrides if k not in known]
+    if unknown:
+        raise ValueError(config.unknown_names(unknown, known) + ": neither notebook reads it")
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     if data == SYNTHETIC and not (ROOT / data).exists():
-        prepare.save(prepare.make_synthetic(), ROOT / data)
+        datalib.save(synthetic.make_synthetic(), ROOT / data)
     for name in NOTEBOOKS:
         settings = SYNTHETIC_SETTINGS[name] if data == SYNTHETIC else {}
-        params = {**settings, "data": data, "whisper": whisper, "seed": seed, "run_dir": str(out / name),
-                  **(overrides or {})}
+        params = notebook_parameters(name, {**settings, "data": data, "whisper": whisper, "seed": seed,
+                                            "run_dir": str(out / name), **overrides})
         print(f"running {name}.ipynb -> {out / name}.ipynb")
         papermill.execute_notebook(ROOT / f"{name}.ipynb", out / f"{name}.ipynb", parameters=params,
                                    cwd=str(ROOT), kernel_name="python3", progress_bar=progress)
@@ -77,16 +117,29 @@ def execute(out: Path, data: str, whisper: str, overrides: dict | None, seed: in
             for p in sorted(finished, key=lambda p: p.stat().st_mtime)]
 
 
+def summary_table(runs: dict[str, list[dict]]) -> str:
+    """Markdown: a row per run name, its validation UA and test UA/WA/macro-F1 (``crossval.mean_sd`` over several
+    results of the same run, e.g. training seeds)."""
+    def cell(results: list[dict], split: str, key: str) -> str:
+        return mean_sd([r[split][key] for r in results])
+
+    lines = ["| run | validation UA | test UA | test WA | test macro-F1 |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {cell(rs, 'validation', 'ua')} | "
+              + " | ".join(cell(rs, "test", key) for key in ("ua", "wa", "macro_f1")) + " |"
+              for name, rs in runs.items()]
+    return "\n".join(lines)
+
+
 def run_name(cfg: dict) -> str:
     """What a run (its config.json) is, in words."""
     if cfg["objective"] == "supervised":
         return "fine-tuning after contrastive pre-training" if cfg["init"] else "supervised fine-tuning"
-    if cfg["epochs"] == 0:
+    if cfg["objective"] == "probe":
         return "linear probe, no contrastive training"
     return f"linear probe after {cfg['objective']}" + (" with VAD-aware negatives" if cfg["vad_negatives"] else "")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     parser.add_argument("--data", default=SYNTHETIC)
@@ -96,7 +149,7 @@ def main() -> None:
                         help="training seeds; several run one after the other into OUT/seedN")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a notebook parameter (value parsed as JSON when it can be)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     overrides = {}
     for name, value in args.p:
         try:

@@ -5,8 +5,10 @@
   instead of Whisper's 30 s window.
 - ``EmotionModel`` mixes the encoder's layers (or takes the last), pools the frames into an embedding and
   feeds a contrastive projection head, a classification head and an optional valence/arousal/dominance head.
-- ``set_trainable`` freezes parts of the encoder; ``resolve_device`` and ``autocast`` say where and in
-  which precision the model runs; ``saved_activation_bytes`` measures what a forward pass keeps for backward.
+- ``set_trainable`` freezes parts of the encoder (``n_parameters`` counts what trains); ``buffer_snapshot`` and
+  ``restore_buffers`` undo what a forward pass in training mode does to the running statistics;
+  ``resolve_device`` and ``Runtime`` say where and in which precision the model runs;
+  ``saved_activation_bytes`` measures what a forward pass keeps for backward.
 
 Weights come from ``checkpoint.py``, which builds these modules from a Whisper checkpoint and saves and
 loads trained models; this module imports nothing of it.
@@ -106,16 +108,19 @@ def check_n_frames(n_frames: int, most: int = N_FRAMES) -> None:
                          f"and has {most // 2} positions), got {n_frames!r}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild an ``EmotionModel`` without its Whisper checkpoint.
 
-    dims: the encoder's ``ModelDimensions`` (``n_audio_ctx = n_frames // 2``); a dict is accepted
-    (what ``asdict`` writes) and turned back into ``ModelDimensions``.
+    dims: the encoder's ``ModelDimensions`` (``n_audio_ctx = n_frames // 2``); None until
+    ``checkpoint.from_whisper`` reads them from the Whisper checkpoint; a dict is accepted (what ``asdict``
+    writes) and turned back into ``ModelDimensions``. vad_head: a valence/arousal/dominance head; vad_probe: that
+    head is a linear probe written in by ``evaluate.fold_probe`` (a contrastive model's or a probe's), read
+    without the sigmoid a trained head ends with.
     """
 
     whisper: str  # where the encoder came from: a model name, a checkpoint path or random:<name>
-    dims: ModelDimensions
+    dims: ModelDimensions | None
     labels: list[str]
     n_frames: int = 300
     n_mels: int = 80
@@ -124,13 +129,14 @@ class ModelConfig:
     proj_dim: int = 128
     vad_head: bool = False
     dropout: float = 0.1  # before the classification and VAD heads
+    vad_probe: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.dims, dict):
-            self.dims = ModelDimensions(**self.dims)
-        self.labels = list(self.labels)
+            object.__setattr__(self, "dims", ModelDimensions(**self.dims))
+        object.__setattr__(self, "labels", list(self.labels))
         check_n_frames(self.n_frames)
-        if (self.n_mels, self.n_frames // 2) != (self.dims.n_mels, self.dims.n_audio_ctx):
+        if self.dims is not None and (self.n_mels, self.n_frames // 2) != (self.dims.n_mels, self.dims.n_audio_ctx):
             raise ValueError(f"n_mels={self.n_mels}, n_frames={self.n_frames} disagree with the encoder's dims "
                              f"n_mels={self.dims.n_mels}, n_audio_ctx={self.dims.n_audio_ctx} (= n_frames // 2)")
         if self.pooling not in POOLINGS:
@@ -139,6 +145,8 @@ class ModelConfig:
             raise ValueError(f"unknown layers {self.layers!r}; use one of {LAYERS}")
         if not self.labels:
             raise ValueError("labels must name at least one class")
+        if self.vad_probe and not self.vad_head:
+            raise ValueError("vad_probe describes the VAD head: it needs vad_head=True")
 
 
 class LayerMix(nn.Module):
@@ -250,6 +258,8 @@ class EmotionModel(nn.Module):
     def __init__(self, config: ModelConfig, encoder: Encoder | None = None):
         super().__init__()
         self.config = config
+        if config.dims is None:
+            raise ValueError("the model config has no encoder dims: build it with checkpoint.from_whisper")
         if encoder is not None and encoder.dims != config.dims:
             raise ValueError(f"encoder dims {encoder.dims} differ from the config's {config.dims}")
         self.encoder = encoder if encoder is not None else Encoder(config.dims)
@@ -272,8 +282,17 @@ class EmotionModel(nn.Module):
         embedding = self.pool(h, valid) if self.pool is not None else mean_pool(h, valid)
         projection = F.normalize(self.projector(embedding).float(), dim=-1)
         x = self.dropout(self.norm(embedding.float()))
-        vad = torch.sigmoid(self.vad(x)) if self.vad is not None else None
+        vad = None
+        if self.vad is not None:  # a folded linear probe is read as it is, a trained head through its sigmoid
+            vad = self.vad(x) if self.config.vad_probe else torch.sigmoid(self.vad(x))
         return {"embedding": embedding, "projection": projection, "logits": self.classifier(x), "vad": vad}
+
+    def layer_weights(self) -> Tensor:
+        """[n_audio_layer + 1] the softmax weights of the ``LayerMix`` (input embedding, then each block), on the
+        CPU: which encoder layers the embedding draws on; ValueError for a model with ``layers="last"``."""
+        if self.mix is None:
+            raise ValueError("this model uses the last encoder layer only (layers='last'): there are no layer weights")
+        return torch.softmax(self.mix.weight.detach().float().cpu(), dim=0)
 
     def encoder_parts(self) -> list[nn.Module]:
         """The encoder's modules in input-to-output order: conv1, conv2, blocks..., ln_post."""
@@ -314,10 +333,26 @@ def set_trainable(model: EmotionModel, policy: str) -> int:
     for part in trainable:
         part.requires_grad_(True)
     model.train(model.training)
-    count = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    log.info("freeze policy %s: %d of %d parameters trainable", policy, count, total)
+    count = n_parameters(model, trainable=True)
+    log.info("freeze policy %s: %d of %d parameters trainable", policy, count, n_parameters(model))
     return count
+
+
+def n_parameters(module: nn.Module, trainable: bool = False) -> int:
+    """How many parameters ``module`` has; ``trainable``: only those that train (``requires_grad``)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+
+
+def buffer_snapshot(module: nn.Module) -> list[Tensor]:
+    """Copies of ``module``'s buffers (``Standardize``'s running statistics ...), for ``restore_buffers``."""
+    return [b.detach().clone() for b in module.buffers()]
+
+
+def restore_buffers(module: nn.Module, snapshot: list[Tensor]) -> None:
+    """Put back the buffers that ``buffer_snapshot`` copied (a forward pass in training mode moves them)."""
+    with torch.no_grad():
+        for b, before in zip(module.buffers(), snapshot, strict=True):
+            b.copy_(before)
 
 
 def saved_activation_bytes(module: nn.Module, forward: Callable[[], object]) -> int:
@@ -346,12 +381,27 @@ def resolve_device(device: str | torch.device | None = None, rank: int = 0) -> t
     return torch.device("cuda", rank) if device.type == "cuda" and device.index is None else device
 
 
-def autocast(device: str | torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
-    """The forward pass's precision: bf16 autocast for ``precision="bf16"``, and for ``"auto"`` on CUDA;
-    float32 (no autocast) for ``"fp32"``, and for ``"auto"`` elsewhere."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    device = torch.device(device)
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+@dataclass(frozen=True)
+class Runtime:
+    """Where a model runs and in which precision: ``device``, and ``precision`` for its forward passes (auto:
+    bf16 autocast on CUDA, float32 elsewhere; fp32; bf16)."""
+
+    device: torch.device
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", torch.device(self.device))
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+    @classmethod
+    def resolve(cls, device: str | torch.device | None = None, precision: str = "auto") -> Runtime:
+        """``device`` as ``resolve_device`` reads it (None: the GPU if there is one, else the CPU)."""
+        return cls(resolve_device(device), precision)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The forward pass's precision: bf16 autocast for "bf16", and for "auto" on CUDA; float32 (no autocast)
+        for "fp32", and for "auto" elsewhere."""
+        if self.precision == "bf16" or (self.precision == "auto" and self.device.type == "cuda"):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()

@@ -5,19 +5,19 @@
     python predict.py --checkpoint runs/demo/supervised/best.pt recordings/ --embeddings emb.npy   # + emb.csv
 
 A directory is searched recursively for audio files by extension (.wav, .flac, .ogg and, where
-libsndfile decodes it, .mp3). Every file is downmixed and resampled to 16 kHz (``data.load_audio``).
+libsndfile decodes it, .mp3). Every file is downmixed and resampled to 16 kHz (``audio.load_audio``).
 
 Sliding windows: the model sees ``n_frames`` mel frames (its checkpoint's context, 3 s by default).
 A longer file is cut into windows of that length every ``--hop`` seconds (half a window by default);
 the last window is aligned to the end of the file, so that every window holds only real audio and
 every sample lies in at least one window. A file's probabilities, valence/arousal/dominance and
 embedding are the means over its windows. A file shorter than the context is one window, zero-padded
-at the end as in training. Each window's features are computed as ``data.py`` computes them for an
+at the end as in training. Each window's features are computed as the loaders compute them for an
 evaluation crop (the log-mel of the zero-padded window, with its own maximum).
 
 Exit status: 0 when every file was predicted, 1 when any file failed (each failure is one line on
 stderr naming the file and the reason; the others are still predicted), 2 for a bad checkpoint or
-bad arguments.
+bad arguments (one line on stderr; ``--debug`` shows the traceback of any error).
 """
 
 from __future__ import annotations
@@ -37,10 +37,12 @@ import torch
 from tqdm.auto import tqdm
 
 import checkpoint
-import data
+import cli
 import model as modellib
+from audio import HOP_LENGTH, SAMPLE_RATE, AudioError, clip_frames, eval_features, load_audio, to_16k, window_starts
 from labels import VAD
 
+PROG = "predict.py"
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg") + ((".mp3",) if "MP3" in sf.available_formats() else ())
 
 
@@ -78,18 +80,18 @@ class Prediction:
 def read_audio(audio: str | Path | np.ndarray, sample_rate: int | None = None) -> np.ndarray:
     """A file, or an array ([T] or [T, channels]) at ``sample_rate`` Hz -> float32 mono [T'] at 16 kHz.
 
-    Raises data.AudioError naming the file when it cannot be decoded, is empty or holds non-finite samples.
+    Raises audio.AudioError naming the file when it cannot be decoded, is empty or holds non-finite samples.
     """
     if isinstance(audio, (str, Path)):
-        name, out = str(audio), data.load_audio(audio)
+        name, out = str(audio), load_audio(audio)
     else:
         if sample_rate is None:
             raise ValueError("sample_rate is required when predicting an array")
-        name, out = "array", data.to_16k(audio, sample_rate)
+        name, out = "array", to_16k(audio, sample_rate)
     if out.size == 0:
-        raise data.AudioError(f"{name}: no audio samples")
+        raise AudioError(f"{name}: no audio samples")
     if not np.isfinite(out).all():
-        raise data.AudioError(f"{name}: non-finite samples (NaN or infinity)")
+        raise AudioError(f"{name}: non-finite samples (NaN or infinity)")
     return out
 
 
@@ -117,14 +119,14 @@ class Predictor:
 
     def __init__(self, net: modellib.EmotionModel, device: str | torch.device | None = None, *,
                  hop: float | None = None, batch_size: int = 32, precision: str = "auto"):
-        self.device = modellib.resolve_device(device)
-        self.amp = modellib.autocast(self.device, precision)  # as training evaluates: bf16 on a GPU
+        self.runtime = modellib.Runtime.resolve(device, precision)  # as training evaluates: bf16 on a GPU
+        self.device = self.runtime.device
         self.net = net.to(self.device).eval()
         self.labels: list[str] = list(net.config.labels)
         self.n_frames: int = net.config.n_frames
-        self.window = self.n_frames * data.HOP_LENGTH  # samples
-        hop_samples = self.window // 2 if hop is None else round(hop * data.SAMPLE_RATE)
-        data.window_starts(self.window, self.window, hop_samples)  # validates hop
+        self.window = self.n_frames * HOP_LENGTH  # samples
+        hop_samples = self.window // 2 if hop is None else round(hop * SAMPLE_RATE)
+        window_starts(self.window, self.window, hop_samples)  # validates hop
         self.hop = hop_samples
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -159,8 +161,8 @@ class Predictor:
             job = _Job(path)
             try:
                 job.audio = read_audio(path)
-            except data.AudioError as e:
-                job.error = _one_line(e)
+            except AudioError as e:
+                job.error = cli.one_line(e)
             queue.append(self._prepare(job))
             pending += [(job, i) for i in range(len(job.starts))]
             while len(pending) >= self.batch_size:
@@ -177,17 +179,16 @@ class Predictor:
 
     def _prepare(self, job: _Job) -> _Job:
         if job.error is None:
-            job.starts = data.window_starts(len(job.audio), self.window, self.hop)
+            job.starts = window_starts(len(job.audio), self.window, self.hop)
         return job
 
     @torch.no_grad()
     def _score(self, windows: list[tuple[_Job, int]]) -> None:
         """One forward pass over ``windows`` (job, window index); appends each window's outputs to its job."""
-        audio = [job.audio[job.starts[i]: job.starts[i] + self.window] for job, i in windows]
-        mel = torch.stack([data.eval_features(torch.from_numpy(a), self.n_frames, self.net.config.n_mels)
-                           for a in audio])
-        frames = torch.tensor([int(data.clip_frames(len(a), self.n_frames)) for a in audio])
-        with self.amp:
+        clips = [job.audio[job.starts[i]: job.starts[i] + self.window] for job, i in windows]
+        mel = torch.stack([eval_features(torch.from_numpy(a), self.n_frames, self.net.config.n_mels) for a in clips])
+        frames = torch.tensor([int(clip_frames(len(a), self.n_frames)) for a in clips])
+        with self.runtime.autocast():
             y = self.net(mel.to(self.device), frames.to(self.device))
         probs = y["logits"].float().softmax(-1).cpu().numpy()
         emb = y["embedding"].float().cpu().numpy()
@@ -196,7 +197,7 @@ class Predictor:
             job.outputs.append({"probs": probs[k], "embedding": emb[k], "vad": None if vad is None else vad[k]})
 
     def _finish(self, job: _Job) -> Prediction:
-        n, sr = len(job.audio), data.SAMPLE_RATE
+        n, sr = len(job.audio), SAMPLE_RATE
         probs = np.stack([o["probs"] for o in job.outputs])  # [W, C]
         vad = np.stack([o["vad"] for o in job.outputs]) if self.has_vad else None  # [W, 3]
         windows = [Window(start / sr, min(start + self.window, n) / sr, self.labels[int(p.argmax())],
@@ -221,10 +222,6 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 
 def _vad_dict(vad: np.ndarray) -> dict[str, float]:
     return {name: float(v) for name, v in zip(VAD, vad, strict=True)}
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 # ----------------------------------------------------------------------------- command line
@@ -262,7 +259,8 @@ def format_rows(name: str, pred: Prediction, labels: list[str], per_window: bool
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="audio files or directories")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint.save_model file (a run's best.pt)")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -279,26 +277,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    prog = "predict.py"
-
-    def fail(name: str, reason: str) -> None:
-        where = "" if name in reason else f"{name}: "  # data.load_audio's messages already name the file
-        tqdm.write(f"{prog}: error: {where}{reason}", file=sys.stderr)
-
+def load_predictor(args: argparse.Namespace) -> Predictor | None:
+    """The command line's ``Predictor``, or None after one line on stderr naming what is wrong with the
+    checkpoint or the arguments; says on stderr when the model has no VAD head."""
     device = modellib.resolve_device(args.device)
     try:
         net = checkpoint.load_model(args.checkpoint, device=device)
     except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as e:
-        print(f"{prog}: error: cannot load checkpoint {args.checkpoint}: {_one_line(e)}", file=sys.stderr)
-        return 2
+        print(f"{PROG}: error: cannot load checkpoint {args.checkpoint}: {cli.one_line(e)}", file=sys.stderr)
+        return None
     try:
         predictor = Predictor(net, device, hop=args.hop, batch_size=args.batch_size, precision=args.precision)
     except ValueError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return None
+    if not predictor.has_vad:
+        print(f"{PROG}: no valence/arousal/dominance: {args.checkpoint} has no VAD head (trained without "
+              "--vad-weight, or a contrastive model or probe of a corpus without VAD ratings)", file=sys.stderr)
+    return predictor
 
+
+def _main(argv: list[str]) -> int:
+    args = parse_args(argv)
+
+    def fail(name: str, reason: str) -> None:
+        where = "" if name in reason else f"{name}: "  # audio.load_audio's messages already name the file
+        tqdm.write(f"{PROG}: error: {where}{reason}", file=sys.stderr)
+
+    predictor = load_predictor(args)
+    if predictor is None:
+        return 2
     files, missing = find_audio(args.inputs)
     for name, reason in missing:
         fail(name, reason)
@@ -343,8 +351,14 @@ def main(argv: list[str] | None = None) -> int:
             out.writerow(["file"])
             out.writerows([n] for n in names)
     if n_failed:
-        print(f"{prog}: {n_failed} of {len(files) + len(missing)} files failed", file=sys.stderr)
+        print(f"{PROG}: {n_failed} of {len(files) + len(missing)} files failed", file=sys.stderr)
     return 1 if n_failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python predict.py``; any other error is one line on stderr too (exit status 1; ``--debug``: the
+    traceback)."""
+    return cli.run(_main, argv, PROG)
 
 
 if __name__ == "__main__":

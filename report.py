@@ -1,19 +1,17 @@
-"""Figures and tables for the notebooks and the demo: nothing here trains or loads data of its own.
+"""Figures and tables for the notebooks: arrays and results in, figures and tables out. It imports nothing of
+the project: what it draws is handed to it.
 
     report.corpus_table(splits)                  clips per emotion and split, speakers, hours
     report.plot_batch(batch, label_names)        log-mels of a batch as the model sees them
     report.metrics_table(results)                one row per split or run
     report.plot_history(result["history"])       loss and validation metrics per epoch
     report.plot_confusion(result["test"]["confusion"], label_names)
-    report.plot_layer_weights(net)               which encoder layers the embedding draws on
-    report.plot_embeddings(report.embed(cfg, "test"), label_names)
-    report.runs_table(run_dirs)                  cross-validation: a row per fold, then mean and std
-    report.summary_table(runs)                   the demo's markdown summary
+    report.plot_layer_weights(net.layer_weights())   which encoder layers the embedding draws on
+    report.plot_embeddings(evaluate.embed(cfg, "test"), label_names)
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,21 +24,6 @@ from matplotlib.figure import Figure
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from sklearn.preprocessing import StandardScaler
-
-import checkpoint
-import data
-import model as modellib
-import train
-
-
-def embed(cfg: train.Config, split: str, checkpoint_name: str = "best.pt") -> dict[str, np.ndarray]:
-    """``train.predict_split`` arrays (embeddings, probabilities, labels, VAD) of ``split`` for a finished run."""
-    device = modellib.resolve_device(cfg.device)
-    net = checkpoint.load_model(Path(cfg.run_dir) / checkpoint_name, device=device)
-    ds = cfg.corpus(split)
-    loader = data.make_loader(ds, batch_size=cfg.batch_size, train=False, windows=cfg.windows, n_frames=cfg.n_frames,
-                              backend=cfg.backend, device=device, num_workers=cfg.num_workers)
-    return train.predict_split(net, loader, device)
 
 
 def save_figure(fig: Figure, path: str | Path | None) -> Figure:
@@ -72,12 +55,11 @@ def plot_history(history: list[dict] | dict[str, list[dict]], path: str | Path |
     return save_figure(fig, path)
 
 
-def plot_layer_weights(net: modellib.EmotionModel, title: str = "layer weights",
+def plot_layer_weights(weights: Sequence[float] | torch.Tensor, title: str = "layer weights",
                        path: str | Path | None = None) -> Figure:
-    """The softmax weights of the model's ``LayerMix``: which encoder layers its embedding draws on."""
-    if net.mix is None:
-        raise ValueError("this model uses the last encoder layer only (layers='last'): there are no layer weights")
-    weights = torch.softmax(net.mix.weight.detach().float().cpu(), dim=0).numpy()
+    """A learned layer mix's softmax weights [n_layers + 1] (``EmotionModel.layer_weights``): which encoder
+    layers the embedding draws on, against the uniform mix it starts from."""
+    weights = np.asarray(weights, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(1 + 0.5 * len(weights), 3))
     ax.bar(range(len(weights)), weights)
     ax.axhline(1 / len(weights), color="grey", linestyle=":", label="uniform")
@@ -153,21 +135,6 @@ def metrics_table(results: dict[str, dict]) -> pd.DataFrame:
                          for name, m in results.items()}).T
 
 
-def runs_table(run_dirs: Sequence[str | Path], split: str = "test") -> pd.DataFrame:
-    """``split`` metrics of finished runs (their ``results.json``), one row per run, then the mean and
-    standard deviation over the runs: the table of a cross-validation such as IEMOCAP's
-    leave-one-session-out (one run per test session)."""
-    results = {}
-    for run_dir in map(Path, run_dirs):
-        path = run_dir / "results.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: is {run_dir} a finished run?")
-        results[run_dir.name] = json.loads(path.read_text())[split]
-    table = metrics_table(results)
-    stats = table.drop(columns="n").agg(["mean", "std"])
-    return pd.concat([table, stats])
-
-
 def plot_batch(batch: dict[str, torch.Tensor], label_names: Sequence[str], n: int = 4) -> Figure:
     """Log-mels of the first ``n`` clips of ``batch`` (views side by side), titled with label and VAD."""
     mel = batch["mel"].detach().float().cpu()
@@ -187,17 +154,3 @@ def plot_batch(batch: dict[str, torch.Tensor], label_names: Sequence[str], n: in
             ax.set_xlabel("frame")
             ax.set_ylabel("mel bin")
     return fig
-
-
-def summary_table(runs: dict[str, list[dict]]) -> str:
-    """Markdown: a row per run name, its validation UA and test UA/WA/macro-F1 (mean ± std over several
-    results of the same run, e.g. training seeds)."""
-    def cell(results: list[dict], split: str, key: str) -> str:
-        values = np.array([r[split][key] for r in results])
-        return f"{values.mean():.3f}" + (f" ± {values.std(ddof=1):.3f}" if len(values) > 1 else "")
-
-    lines = ["| run | validation UA | test UA | test WA | test macro-F1 |", "|---|---|---|---|---|"]
-    lines += [f"| {name} | {cell(rs, 'validation', 'ua')} | "
-              + " | ".join(cell(rs, "test", key) for key in ("ua", "wa", "macro_f1")) + " |"
-              for name, rs in runs.items()]
-    return "\n".join(lines)

@@ -38,7 +38,7 @@ MIB = 2**20
 def saved_bytes(encoder: modellib.Encoder, mel: torch.Tensor, device: torch.device) -> int:
     """Bytes of the tensors one forward saves for backward (each storage once, parameters excluded)."""
     def forward() -> None:
-        with modellib.autocast(device):
+        with modellib.Runtime(device).autocast():
             encoder(mel)
 
     return modellib.saved_activation_bytes(encoder, forward)
@@ -53,7 +53,7 @@ def measure(name: str, n_frames: int, batch: int, repeats: int, device: torch.de
 
     def step() -> None:
         encoder.zero_grad(set_to_none=False)
-        with modellib.autocast(device):
+        with modellib.Runtime(device).autocast():
             loss = encoder(mel).float().mean()
         loss.backward()
         sync()

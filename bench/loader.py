@@ -3,7 +3,7 @@ against what a whisper-small training step consumes.
 
     python bench/loader.py [--workers N] [--epochs N] [--speakers N] [--per-class N] [--rate HZ]
 
-Both backends load the same synthetic corpus (prepare.make_synthetic, every split, its audio stored at
+Both backends load the same synthetic corpus (synthetic.make_synthetic, every split, its audio stored at
 ``--rate`` Hz as 16-bit WAV, as RAVDESS and MSP-Podcast ship it, saved to disk and memory-mapped as in
 training) with the training settings: 3 s crops, 2 views, every augmentation of ``data.Augment()``, batch
 64, the same number of CPU workers (DALI threads / DataLoader processes). The first epoch (graph build,
@@ -34,6 +34,8 @@ from scipy.signal import resample_poly  # noqa: E402
 import data  # noqa: E402
 import model as modellib  # noqa: E402
 import prepare  # noqa: E402
+import synthetic  # noqa: E402
+from audio import SAMPLE_RATE  # noqa: E402
 from bench.common import record  # noqa: E402
 from bench.throughput import step_rate  # noqa: E402
 
@@ -42,8 +44,9 @@ BATCH, VIEWS, N_FRAMES = 64, 2, 300
 
 def throughput(ds: datasets.Dataset, backend: str, workers: int, epochs: int, device: torch.device) -> float:
     """Clips per second over ``epochs`` epochs, after one untimed epoch."""
-    loader = data.make_loader(ds, batch_size=BATCH, train=True, views=VIEWS, n_frames=N_FRAMES,
-                              augment=data.Augment(), backend=backend, device=device, num_workers=workers)
+    options = data.LoaderOptions(batch_size=BATCH, train=True, views=VIEWS, n_frames=N_FRAMES, augment=data.Augment(),
+                                 backend=backend, num_workers=workers)
+    loader = data.make_loader(ds, options, device=device)
     for _ in loader:
         pass
     if device.type == "cuda":
@@ -65,7 +68,7 @@ def at_rate(ds: datasets.Dataset, rate: int) -> datasets.Dataset:
         sf.write(buffer, resample_poly(x, rate, sr), rate, format="WAV", subtype="PCM_16")
         return {"audio": {"bytes": buffer.getvalue(), "path": row["audio"]["path"]}}
 
-    return ds if rate == data.SAMPLE_RATE else ds.map(resample, features=ds.features)
+    return ds if rate == SAMPLE_RATE else ds.map(resample, features=ds.features)
 
 
 def show(x: float | str | None) -> str:
@@ -90,7 +93,7 @@ def main() -> None:
     device = modellib.resolve_device()
     command = "`python bench/loader.py" + (" --flac16k`" if args.flac16k else "`")
 
-    corpus = prepare.make_synthetic(n_speakers=args.speakers, per_class=args.per_class, seed=0)
+    corpus = synthetic.make_synthetic(n_speakers=args.speakers, per_class=args.per_class, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         corpus.save_to_disk(tmp)
         ds = at_rate(datasets.concatenate_datasets([data.load_corpus(tmp, split) for split in corpus]), args.rate)

@@ -78,8 +78,9 @@ def training_step(name: str, batch: int, device: torch.device, variant: str = "e
     """A closure running one training step of ``random:<name>`` on a fixed random batch (synchronised)."""
     k = VARIANTS.index(variant)
     torch.manual_seed(0)
-    net = checkpoint.from_whisper(f"random:{name}", labels=[str(i) for i in range(N_CLASSES)], n_frames=N_FRAMES,
-                                  device=device)
+    config = modellib.ModelConfig(whisper=f"random:{name}", dims=None, labels=[str(i) for i in range(N_CLASSES)],
+                                  n_frames=N_FRAMES)
+    net = checkpoint.from_whisper(config, device=device)
     modellib.set_trainable(net, "all")
     net.projector.requires_grad_(False)  # a supervised run's projection head gets no gradient
     params = [p for p in net.parameters() if p.requires_grad]
@@ -89,11 +90,11 @@ def training_step(name: str, batch: int, device: torch.device, variant: str = "e
         net.compile()
     mel = torch.randn(batch, net.config.n_mels, N_FRAMES, device=device)
     labels = torch.randint(0, N_CLASSES, (batch,), device=device)
-    amp = modellib.autocast(device)
+    runtime = modellib.Runtime(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step() -> None:
-        with amp:
+        with runtime.autocast():
             loss = F.cross_entropy(net(mel)["logits"].float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -60,9 +60,10 @@ def test_pretrained_encoder_on_a_3_second_clip(whisper_checkpoint):
     mel = torch.stack([_clip_mel(seed=0), _clip_mel(seed=1)])
     assert mel.shape == (2, 80, 300)
     torch.manual_seed(0)
-    pretrained = checkpoint.from_whisper(str(whisper_checkpoint), labels=LABELS, device="cpu").eval()
+    config = modellib.ModelConfig(whisper=str(whisper_checkpoint), dims=None, labels=LABELS)
+    pretrained = checkpoint.from_whisper(config, device="cpu").eval()
     torch.manual_seed(0)  # same heads; only the encoder differs
-    random = checkpoint.from_whisper("random:tiny.en", labels=LABELS, device="cpu").eval()
+    random = checkpoint.from_whisper(dataclasses.replace(config, whisper="random:tiny.en"), device="cpu").eval()
     with torch.no_grad():
         frames = pretrained.encoder(mel)
         a, b = pretrained(mel)["embedding"], random(mel)["embedding"]
@@ -130,7 +131,8 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_from_whisper_config_survives_its_dict_form():
-    cfg = checkpoint.from_whisper("random:tiny", labels=LABELS, n_frames=100, device="cpu").config
+    config = modellib.ModelConfig(whisper="random:tiny", dims=None, labels=LABELS, n_frames=100)
+    cfg = checkpoint.from_whisper(config, device="cpu").config
     assert cfg.dims == dataclasses.replace(modellib.DIMS["tiny"], n_audio_ctx=50) and cfg.whisper == "random:tiny"
     rebuilt = modellib.ModelConfig(**dataclasses.asdict(cfg))
     assert rebuilt == cfg and isinstance(rebuilt.dims, whisper.model.ModelDimensions)
@@ -166,7 +168,7 @@ def test_load_model_bad_files(tmp_path):
 
 
 def test_load_model_names_an_openai_whisper_checkpoint(whisper_checkpoint):
-    with pytest.raises(ValueError, match="openai-whisper checkpoint: pass it as from_whisper"):
+    with pytest.raises(ValueError, match="openai-whisper checkpoint: give it as the Whisper encoder"):
         checkpoint.load_model(whisper_checkpoint, device="cpu")
 
 

@@ -16,10 +16,12 @@ from conftest import ROOT, random_model
 
 import checkpoint
 import data
-import model as modellib
+import distributed
 import predict
 import train
+from config import Config
 from labels import label_names
+from model import Runtime
 
 pytestmark = pytest.mark.cuda
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
@@ -30,17 +32,17 @@ def validation(synthetic_dir):
     return data.load_corpus(synthetic_dir, "validation")
 
 
-def config(synthetic_dir, tmp_path, **over) -> train.Config:
+def config(synthetic_dir, tmp_path, **over) -> Config:
     """A small run on the GPU: untrained tiny encoder, full 3 s context, one epoch."""
-    return train.Config(**{"data": str(synthetic_dir), "whisper": "random:tiny", "freeze": "all", "epochs": 1,
+    return Config(**{"data": str(synthetic_dir), "whisper": "random:tiny", "freeze": "all", "epochs": 1,
                            "batch_size": 16, "lr": 1e-3, "device": "cuda", "run_dir": str(tmp_path / "run"),
                            **over})
 
 
 def mels(ds, backend: str, device: torch.device, train_: bool) -> torch.Tensor:
     """Every batch's ``mel`` of one epoch (augmentation off), on the CPU, in the loader's order."""
-    loader = data.make_loader(ds, batch_size=8, train=train_, augment=None, backend=backend, device=device,
-                              num_workers=2, seed=0)
+    loader = data.make_loader(ds, data.LoaderOptions(batch_size=8, train=train_, backend=backend, num_workers=2),
+                              device=device)
     out = []
     for batch in loader:
         assert batch["mel"].device.type == device.type
@@ -58,21 +60,20 @@ def test_dali_gpu_features_equal_dali_cpu_and_torch(validation, train_):
     assert (gpu - mels(validation, "torch", CPU, train_)).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("objective", train.OBJECTIVES)
+@pytest.mark.parametrize("objective", ["supervised", "simclr", "supcon"])
 def test_bf16_training_step_of_every_objective(objective, synthetic_dir, tmp_path):
     cfg = config(synthetic_dir, tmp_path, objective=objective, vad_weight=0.5 if objective == "supervised" else 0.0)
     splits = {s: data.load_corpus(cfg.data, s) for s in ("train", "validation")}
-    loader, _ = train.build_loaders(cfg, splits, CUDA, 0, 1)
-    net = train.build_model(cfg, splits["train"].features["emotion"].names, CUDA)
+    net = train.build_model(cfg, splits["train"], CUDA)
+    loader, _ = train.build_loaders(cfg, splits, CUDA, distributed.Process(), net.config.n_mels)
     optimizer = train.build_optimizer(cfg, net)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    amp = modellib.autocast(CUDA, cfg.precision)
+    runtime = Runtime(CUDA, cfg.precision)
     batch = {k: v.to(CUDA) for k, v in next(iter(loader)).items()}
-    with amp:
+    with runtime.autocast():
         hidden = net.encoder(batch["mel"].flatten(0, -3)[:2])
     assert hidden.dtype == torch.bfloat16  # "auto" is bf16 autocast on the GPU
     before = {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
-    loss = train.train_step(cfg, net, batch, optimizer, scheduler, None, amp, step=0)
+    loss = train.train_step(cfg, net, batch, optimizer, None, runtime, step=0)
     assert loss is not None and torch.isfinite(torch.tensor(loss))
     for name, p in net.named_parameters():
         if name in before:
@@ -82,16 +83,15 @@ def test_bf16_training_step_of_every_objective(objective, synthetic_dir, tmp_pat
 
 def test_memory_estimate_is_near_the_measured_peak(synthetic_dir, tmp_path):
     cfg = config(synthetic_dir, tmp_path, batch_size=32)
-    net = train.build_model(cfg, label_names("synthetic"), CUDA)
+    net = train.build_model(cfg, data.load_corpus(cfg.data, "train"), CUDA)
     optimizer = train.build_optimizer(cfg, net)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    amp = modellib.autocast(CUDA, cfg.precision)
-    estimate = train.estimate_memory(cfg, net, CUDA, amp)
+    runtime = Runtime(CUDA, cfg.precision)
+    estimate = train.estimate_memory(cfg, net, runtime)
     batch = {"mel": torch.randn(32, 80, 300, device=CUDA), "emotion": torch.randint(0, 4, (32,), device=CUDA),
              "vad": torch.rand(32, 3, device=CUDA)}
     torch.cuda.reset_peak_memory_stats(CUDA)
     for step in range(2):  # the first allocates AdamW's moments
-        train.train_step(cfg, net, batch, optimizer, scheduler, None, amp, step)
+        train.train_step(cfg, net, batch, optimizer, None, runtime, step)
     ratio = estimate.need(32) / torch.cuda.max_memory_allocated(CUDA)
     print(f"estimate / measured peak = {ratio:.2f}")
     assert 0.6 <= ratio <= 1.6

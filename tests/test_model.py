@@ -68,18 +68,19 @@ def test_heads_see_the_standardised_embedding():
     assert y["logits"].shape == (1, len(LABELS)) and torch.isfinite(y["logits"]).all()
 
 
-def test_autocast_is_bf16_on_gpu_and_off_on_cpu_unless_asked():
-    with modellib.autocast("cpu"):
+def test_runtime_autocast_is_bf16_on_gpu_and_off_on_cpu_unless_asked():
+    with modellib.Runtime("cpu").autocast():
         assert not torch.is_autocast_enabled("cpu")
-    with modellib.autocast("cpu", "bf16"):
+    with modellib.Runtime("cpu", "bf16").autocast():
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
     with warnings.catch_warnings():  # without a GPU torch warns that it disables CUDA autocast
         warnings.simplefilter("ignore", UserWarning)
-        ctx = modellib.autocast(torch.device("cuda"))
+        ctx = modellib.Runtime(torch.device("cuda")).autocast()
     assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
-    assert not isinstance(modellib.autocast("cuda", "fp32"), torch.autocast)
+    assert not isinstance(modellib.Runtime("cuda", "fp32").autocast(), torch.autocast)
+    assert modellib.Runtime.resolve("cpu") == modellib.Runtime(torch.device("cpu"), "auto")
     with pytest.raises(ValueError, match="precision must be one of"):
-        modellib.autocast("cpu", "fp16")
+        modellib.Runtime("cpu", "fp16")
 
 
 def test_resolve_device():
@@ -107,6 +108,35 @@ def test_config_rejects_inconsistent_fields():
         dataclasses.replace(cfg, pooling="max")
     with pytest.raises(ValueError, match="unknown layers 'first'"):
         dataclasses.replace(cfg, layers="first")
+    with pytest.raises(ValueError, match="vad_probe describes the VAD head"):
+        dataclasses.replace(cfg, vad_head=False, vad_probe=True)
+    with pytest.raises(ValueError, match="no encoder dims: build it with checkpoint.from_whisper"):
+        modellib.EmotionModel(dataclasses.replace(cfg, dims=None))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.pooling = "mean"
+
+
+def test_a_probe_vad_head_is_linear_and_a_trained_one_a_sigmoid():
+    torch.manual_seed(0)
+    mel = torch.randn(3, 80, 100)
+    trained, probe = _net(vad_head=True).eval(), _net(vad_head=True).eval()
+    probe = modellib.EmotionModel(dataclasses.replace(probe.config, vad_probe=True), probe.encoder).eval()
+    probe.load_state_dict(trained.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(trained(mel)["vad"], torch.sigmoid(probe(mel)["vad"]), atol=1e-6)
+
+
+def test_parameter_count_and_buffer_snapshot():
+    net = _net()
+    assert modellib.n_parameters(net) == sum(p.numel() for p in net.parameters())
+    trainable = modellib.set_trainable(net, "heads")
+    assert trainable == modellib.n_parameters(net, trainable=True) < modellib.n_parameters(net)
+    snapshot = modellib.buffer_snapshot(net)
+    net.train()(torch.randn(4, 80, 100))  # a training forward pass moves the running statistics
+    assert not torch.equal(snapshot[0], net.norm.running_mean)
+    modellib.restore_buffers(net, snapshot)
+    assert all(torch.equal(a, b) for a, b in zip(snapshot, net.buffers(), strict=True))
+    assert len(net.layer_weights()) == 5 and float(net.layer_weights().sum()) == pytest.approx(1.0)
 
 
 # ----------------------------------------------------------------------------- freezing

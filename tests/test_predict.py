@@ -16,8 +16,8 @@ import soundfile as sf
 import torch
 from conftest import random_model
 
+import audio
 import checkpoint as checkpoints
-import data
 import predict
 from labels import VAD, label_names
 
@@ -77,20 +77,6 @@ def run_cli(capsys):
     return run
 
 
-def test_window_starts_cover_every_sample():
-    for n in (1, 1599, 1600, 1601, 2400, 2401, 16000, 16001):
-        for hop in (1, 400, 800, 1600):
-            starts = data.window_starts(n, 1600, hop)
-            covered = np.zeros(n, bool)
-            for s in starts:
-                covered[s: s + 1600] = True
-            assert covered.all() and starts[0] == 0
-            assert starts[-1] + 1600 == n if n > 1600 else starts == [0]
-            assert all(0 < b - a <= hop for a, b in itertools.pairwise(starts))
-    with pytest.raises(ValueError, match="hop"):
-        data.window_starts(5000, 1600, 1601)
-
-
 def test_long_file_windows_cover_it_and_average(predictor, audio_dir):
     pred = predictor.predict(audio_dir / "sub" / "long_48k_stereo.wav")
     assert pred.duration == pytest.approx(3.3125, abs=1e-4)
@@ -109,12 +95,12 @@ def test_long_file_windows_cover_it_and_average(predictor, audio_dir):
 
 
 def test_short_clip_is_one_zero_padded_window_as_in_training(predictor, speech):
-    """A clip shorter than the context: the model's output on the evaluation features of data.py, pooled over
+    """A clip shorter than the context: the model's output on the evaluation features of audio.py, pooled over
     the 60 frames that hold the clip, as the loaders' ``frames`` say."""
     clip = speech[:9600]
     pred = predictor.predict(clip, sample_rate=16000)
     assert len(pred.windows) == 1 and pred.windows[0].end == pytest.approx(0.6)
-    mel = data.eval_features(torch.from_numpy(clip), N_FRAMES, predictor.net.config.n_mels)
+    mel = audio.eval_features(torch.from_numpy(clip), N_FRAMES, predictor.net.config.n_mels)
     with torch.no_grad():
         probs = predictor.net(mel[None], torch.tensor([60]))["logits"].softmax(-1)[0].numpy()
         padding_pooled = predictor.net(mel[None])["logits"].softmax(-1)[0].numpy()
@@ -201,3 +187,25 @@ def test_bad_checkpoint_is_a_clear_error(kind, audio_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"predict.py: error: cannot load checkpoint {path}: ")
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_model_without_a_vad_head_says_so(tmp_path, audio_dir, run_cli):
+    path = tmp_path / "no_vad.pt"
+    checkpoints.save_model(random_model(pooling="mean", n_frames=N_FRAMES, vad_head=False,
+                                        labels=label_names("synthetic")), path)
+    status, stdout, stderr = run_cli("--checkpoint", str(path), str(audio_dir / "short_16k_mono.wav"))
+    assert status == 0 and f"no valence/arousal/dominance: {path} has no VAD head" in stderr
+    assert "valence" not in stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize("args, message", [(["--batch-size", "0"], "batch_size must be at least 1, got 0"),
+                                           (["--hop", "2"], "hop (32000 samples) must be positive and at most"),
+                                           (["--hop", "x"], "argument --hop: invalid float value: 'x'"),
+                                           (["--format", "xml"], "argument --format: invalid choice: 'xml'")])
+def test_bad_arguments_are_one_line(args, message, checkpoint, audio_dir, capsys):
+    try:
+        status = predict.main(["--checkpoint", str(checkpoint), *args, str(audio_dir / "short_16k_mono.wav")])
+    except SystemExit as e:  # argparse's usage errors
+        status = e.code
+    err = capsys.readouterr().err
+    assert status == 2 and message in err and len(err.strip().splitlines()) == 1, err

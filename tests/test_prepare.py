@@ -1,4 +1,4 @@
-"""prepare.py on small replicas of the corpora's published layouts, bad input, the synthetic corpus, the CLI."""
+"""prepare.py on small replicas of the corpora's published layouts, bad input, the command line."""
 
 from __future__ import annotations
 
@@ -11,18 +11,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from datasets import Audio, ClassLabel, DatasetDict, Value, load_from_disk
+from conftest import check_schema, speakers_disjoint
+from datasets import DatasetDict, Value, load_from_disk
 
 import prepare
-from data import decode_audio, load_corpus, make_loader
+import synthetic
+from audio import decode_audio
+from data import LoaderOptions, load_corpus, make_loader
 from labels import label_names
 from prepare import BadInputError
-
-COMMON = {
-    "id": Value("string"), "audio": Audio(decode=False), "valence": Value("float32"),
-    "arousal": Value("float32"), "dominance": Value("float32"), "speaker": Value("string"),
-    "corpus": Value("string"), "duration": Value("float32"),
-}
 
 
 def write_wav(path: Path, seconds: float, rate: int, seed: int = 0) -> Path:
@@ -33,22 +30,11 @@ def write_wav(path: Path, seconds: float, rate: int, seed: int = 0) -> Path:
     return path
 
 
-def check_schema(dsd: DatasetDict, corpus: str, extra: dict) -> None:
-    for split, data in dsd.items():
-        assert dict(data.features) == {**COMMON, "emotion": ClassLabel(names=label_names(corpus)), **extra}, split
-        assert set(data["corpus"]) <= {corpus}
-
-
 def check_audio_is_original(dsd: DatasetDict, root: Path) -> None:
     for data in dsd.values():
         for row in data:
             assert row["audio"]["bytes"] == (root / row["audio"]["path"]).read_bytes()
             assert Path(row["audio"]["path"]).stem == row["id"]
-
-
-def speakers_disjoint(dsd: DatasetDict) -> bool:
-    sets = [set(data["speaker"]) for data in dsd.values()]
-    return all(not (a & b) for i, a in enumerate(sets) for b in sets[i + 1:])
 
 
 # --------------------------------------------------------------------------- RAVDESS
@@ -196,7 +182,7 @@ def test_real_ravdess_speech(ravdess_dir, run_cli, tmp_path):
         assert audio.ndim == 1 and len(audio) == pytest.approx(16000 * row["duration"], abs=2)
     # pooling sees no padding: each window's frames count only what holds the clip (a few clips are under 3 s)
     ds = load_corpus(out, "train")
-    batches = list(make_loader(ds, batch_size=64, train=False, windows=True, backend="torch", num_workers=0))
+    batches = list(make_loader(ds, LoaderOptions(batch_size=64, windows=True, backend="torch", num_workers=0)))
     frames, index = torch.cat([b["frames"] for b in batches]), torch.cat([b["index"] for b in batches])
     duration = np.asarray(ds["duration"])[index.numpy()]
     assert (frames.numpy() == np.minimum(300, np.ceil(np.round(duration * 16000) / 160))).all()
@@ -453,60 +439,6 @@ def test_measure():
         prepare.measure(buffer.getvalue())
 
 
-# --------------------------------------------------------------------------- synthetic corpus
-
-
-@pytest.fixture(scope="module")
-def small_synthetic() -> DatasetDict:
-    return prepare.make_synthetic(n_speakers=5, per_class=2, seed=3)
-
-
-def test_synthetic_schema_and_splits(small_synthetic):
-    dsd = small_synthetic
-    check_schema(dsd, "synthetic", {"gender": Value("string")})
-    assert list(dsd) == ["train", "validation", "test"]
-    assert {s: sorted(set(d["speaker"])) for s, d in dsd.items()} == {
-        "train": ["spk00", "spk01", "spk02"], "validation": ["spk03"], "test": ["spk04"]}
-    assert speakers_disjoint(dsd)
-    for data in dsd.values():
-        assert sorted(data["emotion"]) == sorted([0, 1, 2, 3] * 2 * len(set(data["speaker"])))
-        for row in data:
-            samples, rate = sf.read(io.BytesIO(row["audio"]["bytes"]), dtype="float32")
-            assert rate == 16000 and samples.ndim == 1
-            assert row["duration"] == pytest.approx(len(samples) / 16000)
-            assert 2.0 <= row["duration"] <= 5.0
-            assert np.abs(samples).max() > 0.01
-            assert all(0.0 <= row[k] <= 1.0 for k in ("valence", "arousal", "dominance"))
-            assert row["audio"]["path"] == row["id"] + ".wav"
-    assert set(dsd["train"]["gender"]) == {"male", "female"}
-
-
-def test_synthetic_is_deterministic_in_its_seed(small_synthetic):
-    again = prepare.make_synthetic(n_speakers=5, per_class=2, seed=3)
-    other = prepare.make_synthetic(n_speakers=5, per_class=2, seed=4)
-    for split in ("train", "test"):
-        assert again[split]["audio"] == small_synthetic[split]["audio"]
-        assert again[split]["valence"] == small_synthetic[split]["valence"]
-        assert all(a["bytes"] != b["bytes"] for a, b in zip(other[split]["audio"], small_synthetic[split]["audio"],
-                                                            strict=True))
-
-
-def test_synthetic_vad_follows_the_class():
-    dsd = prepare.make_synthetic(n_speakers=3, per_class=6, seed=0)
-    data = dsd["train"].with_format("numpy")[:]
-    arousal = {c: data["arousal"][data["emotion"] == c].mean() for c in range(4)}
-    valence = {c: data["valence"][data["emotion"] == c].mean() for c in range(4)}
-    assert arousal[3] > arousal[0] > arousal[2]  # angry > neutral > sad
-    assert valence[1] > valence[0] > valence[3]  # happy > neutral > angry
-
-
-def test_synthetic_splits_scale():
-    assert prepare.synthetic_splits(10) == ["train"] * 6 + ["validation"] * 2 + ["test"] * 2
-    assert prepare.synthetic_splits(3) == ["train", "validation", "test"]
-    with pytest.raises(ValueError, match="at least 3 speakers"):
-        prepare.synthetic_splits(2)
-
-
 # --------------------------------------------------------------------------- command line
 
 
@@ -539,7 +471,7 @@ def test_cli_synthetic(tmp_path, run_cli):
     assert done.returncode == 0, done.stderr
     dsd = load_from_disk(str(out))
     assert {s: len(d) for s, d in dsd.items()} == {"train": 8, "validation": 8, "test": 8}
-    assert dsd["test"]["audio"] == prepare.make_synthetic(n_speakers=3, per_class=2, seed=1)["test"]["audio"]
+    assert dsd["test"]["audio"] == synthetic.make_synthetic(n_speakers=3, per_class=2, seed=1)["test"]["audio"]
     assert "train: 8 rows\nvalidation: 8 rows\ntest: 8 rows\n" in done.stdout
     assert "baseline" in done.stdout and "test: UA " in done.stdout
 
@@ -583,7 +515,7 @@ def test_cli_ravdess_actor_split(tmp_path, run_cli):
 
 def test_flac16k_stores_what_the_loader_would_decode(tmp_path, run_cli):
     """48 kHz stereo (a 12 kHz tone that must not alias) and 48 kHz mono files -> 16 kHz mono FLAC holding
-    ``data.decode_audio`` of the original to 24-bit precision; the loader's features agree."""
+    ``audio.decode_audio`` of the original to 24-bit precision; the loader's features agree."""
     root = make_ravdess(tmp_path / "RAVDESS")
     t = np.arange(48000) / 48000
     stereo = np.stack([0.3 * np.sin(2 * np.pi * 300 * t), 0.3 * np.sin(2 * np.pi * 12000 * t)], axis=1)
@@ -603,8 +535,8 @@ def test_flac16k_stores_what_the_loader_would_decode(tmp_path, run_cli):
             reference = decode_audio(a["audio"]["bytes"])
             stored = sf.read(io.BytesIO(b["audio"]["bytes"]), dtype="float32")[0]
             assert len(stored) == len(reference) and np.abs(stored - reference).max() <= 1 / 2**23
-        kw = dict(batch_size=4, train=False, n_frames=100, backend="torch", num_workers=0)
-        mel = [torch.cat([x["mel"] for x in make_loader(ds[split], **kw)]) for ds in (original, converted)]
+        options = LoaderOptions(batch_size=4, n_frames=100, backend="torch", num_workers=0)
+        mel = [torch.cat([x["mel"] for x in make_loader(ds[split], options)]) for ds in (original, converted)]
         # equal but at the end of each clip (the 3 frames over its last sample: resampling the file at once or
         # the loader's crop of it ends the filter's response differently)
         end = [round(100 * d) for d in original[split]["duration"]]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import matplotlib
 import numpy as np
 import pytest
@@ -18,8 +16,9 @@ matplotlib.use("Agg")
 
 def test_plot_batch(synthetic_dir):
     ds = data.load_corpus(synthetic_dir, "train")
-    batch = next(iter(data.make_loader(ds, batch_size=4, train=True, views=2, augment=data.Augment(), n_frames=100,
-                                       backend="torch", num_workers=0)))
+    options = data.LoaderOptions(batch_size=4, train=True, views=2, augment=data.Augment(), n_frames=100,
+                                 backend="torch", num_workers=0)
+    batch = next(iter(data.make_loader(ds, options)))
     fig = report.plot_batch(batch, FOUR_CLASS, n=2)
     assert len(fig.axes) == 4 and FOUR_CLASS[int(batch["emotion"][0])] in fig.axes[0].get_title()
 
@@ -34,34 +33,16 @@ def test_figures_are_drawn_and_saved(tmp_path):
     assert (tmp_path / "f" / "h.png").stat().st_size > 0 and len(fig.axes[1].lines) == 6
     fig = report.plot_confusion([[3, 1, 0], [0, 2, 0], [0, 0, 0]], ["a", "b", "c"])
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["a", "b"]  # class c never occurs
-    net = random_model()
-    assert len(report.plot_layer_weights(net).axes[0].patches) == 5  # input + 4 blocks
+    assert len(report.plot_layer_weights(random_model().layer_weights()).axes[0].patches) == 5  # input + 4 blocks
     with pytest.raises(ValueError, match="no layer weights"):
-        report.plot_layer_weights(random_model(layers="last"))
+        random_model(layers="last").layer_weights()
     rng = np.random.default_rng(0)
     pred = {"embedding": rng.normal(size=(20, 8)), "emotion": np.arange(20) % 4, "vad": rng.uniform(size=(20, 3))}
     assert len(report.plot_embeddings(pred, FOUR_CLASS).axes) == 3  # two panels and the arousal colour bar
 
 
-def test_tables(tmp_path, synthetic_dir):
+def test_corpus_table(synthetic_dir):
     splits = {s: data.load_corpus(synthetic_dir, s) for s in ("train", "test")}
     table = report.corpus_table(splits)
     assert table.loc["speakers"].tolist() == [4, 1] and table["train"][:4].sum() == len(splits["train"])
     assert table.loc["classes"].tolist() == [4, 4]
-    for fold, ua in (("fold1", 0.5), ("fold2", 0.7)):
-        (tmp_path / fold).mkdir()
-        metrics = {"ua": ua, "wa": ua, "macro_f1": ua, "n": 10, "confusion": [[1]]}
-        (tmp_path / fold / "results.json").write_text(json.dumps({"test": metrics}))
-    runs = report.runs_table([tmp_path / "fold1", tmp_path / "fold2"])
-    assert runs.loc["mean", "ua"] == pytest.approx(0.6) and runs.loc["std", "ua"] == pytest.approx(0.1414, abs=1e-4)
-    with pytest.raises(FileNotFoundError, match="finished run"):
-        report.runs_table([tmp_path / "nowhere"])
-
-
-def test_summary_table_gives_mean_and_std_over_seeds():
-    runs = {"supervised fine-tuning": [{"validation": {"ua": u}, "test": {"ua": u, "wa": 0.5, "macro_f1": 0.25}}
-                                       for u in (0.6, 0.7, 0.8)],
-            "one run": [{"validation": {"ua": 0.5}, "test": {"ua": 0.5, "wa": 0.5, "macro_f1": 0.5}}]}
-    lines = report.summary_table(runs).splitlines()
-    assert lines[2] == "| supervised fine-tuning | 0.700 ± 0.100 | 0.700 ± 0.100 | 0.500 ± 0.000 | 0.250 ± 0.000 |"
-    assert lines[3] == "| one run | 0.500 | 0.500 | 0.500 | 0.500 |"
