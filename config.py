@@ -226,7 +226,8 @@ def notebook_parameters(namespace: Mapping[str, object]) -> list[str]:
     names = []
     for i in chosen:
         for node in ast.parse(cells[i]).body:
-            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, ast.AnnAssign) else []
             names += [t.id for t in targets if isinstance(t, ast.Name) and t.id in namespace and t.id not in names]
     return names
 
@@ -270,11 +271,13 @@ def _flag(annotation: object) -> dict:
 
 def parser(description: str | None = None) -> cli.ArgumentParser:
     """The command line of ``Config``: a flag per field (``--four-class``, ``--no-augment``, ``--data a b`` ...),
-    its help, choices and default taken from the field; and ``--debug``."""
+    its help (and the objectives that read it), choices and default taken from the field; and ``--debug``."""
     out = cli.ArgumentParser(prog="train.py", description=description, formatter_class=_HelpFormatter)
     hints = typing.get_type_hints(Config)
     for f in dataclasses.fields(Config):
-        out.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=f.metadata["help"],
+        read_by = f.metadata["read_by"]
+        only = f" [{'/'.join(READERS[read_by])} only]" if read_by else ""
+        out.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=f.metadata["help"] + only,
                          choices=f.metadata["choices"], **_flag(hints[f.name]))
     return out
 

@@ -167,6 +167,16 @@ class LayerMix(nn.Module):
         return sum(w[i] * F.layer_norm(h, h.shape[-1:]) for i, h in enumerate(hidden))
 
 
+def _zero_linear(n_in: int, n_out: int) -> nn.Linear:
+    """An ``nn.Linear`` of zeros, built without a random initialisation (``skip_init``), so that building a model
+    with it leaves the random stream of a run as it would be without it."""
+    layer = torch.nn.utils.skip_init(nn.Linear, n_in, n_out)
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.zero_()
+    return layer
+
+
 def valid_positions(frames: Tensor, n_positions: int) -> Tensor:
     """[B] mel frames that hold each clip -> [B, n_positions] bool: the encoder positions they reach (the
     stride-2 convolution turns frames 2t-1..2t+1 into position t, so ceil(frames / 2) of them)."""
@@ -270,7 +280,9 @@ class EmotionModel(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.projector = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, config.proj_dim))
         self.classifier = nn.Linear(d, len(config.labels))
-        self.vad = nn.Linear(d, 3) if config.vad_head else None
+        self.vad = None
+        if config.vad_head:  # a probe head is written in, never trained: zeros, drawing nothing from the RNG
+            self.vad = nn.Linear(d, 3) if not config.vad_probe else _zero_linear(d, 3)
 
     def forward(self, mel: Tensor, frames: Tensor | None = None) -> dict[str, Tensor | None]:
         """mel: [B, n_mels, n_frames] -> embedding [B, D], projection [B, proj_dim] (unit L2 norm),

@@ -19,6 +19,8 @@ def test_help_explains_every_config_field(capsys):
         flag = "--" + f.name.replace("_", "-")
         assert flag in out and " ".join(f.metadata["help"].split()) in out, flag
     assert "--objective {supervised,simclr,supcon,probe}" in out and "(default: top:4)" in out and "--debug" in out
+    assert "softmax temperature [simclr/supcon only]" in out
+    assert "AdamW weight decay [supervised/simclr/supcon only]" in out
 
 
 def test_command_line_types_come_from_the_annotations():

@@ -124,6 +124,14 @@ def test_a_probe_vad_head_is_linear_and_a_trained_one_a_sigmoid():
     probe.load_state_dict(trained.state_dict())
     with torch.no_grad():
         assert torch.allclose(trained(mel)["vad"], torch.sigmoid(probe(mel)["vad"]), atol=1e-6)
+    # a probe head starts at zero and draws nothing: a run's random stream is the one without it
+    without = dataclasses.replace(trained.config, vad_head=False)
+    streams = []
+    for config in (without, dataclasses.replace(without, vad_head=True, vad_probe=True)):
+        torch.manual_seed(0)
+        net = modellib.EmotionModel(config)
+        streams.append(torch.rand(3))
+    assert torch.equal(*streams) and not net.vad.weight.any()
 
 
 def test_parameter_count_and_buffer_snapshot():
