@@ -433,11 +433,8 @@ class Loader:
         workers = min(4, len(os.sched_getaffinity(0))) if options.num_workers is None else options.num_workers
         self.options = options = replace(options, augment=augment, num_workers=workers)
         self.ds = ds
-        self.batch_size, self.train, self.views = options.batch_size, options.train, options.views
-        self.n_frames, self.n_mels, self.augment = options.n_frames, options.n_mels, augment
         self.device = torch.device(device if device is not None else "cpu")
-        self.seed, self.shard_id, self.num_shards = options.seed, shard_id, num_shards
-        self.num_workers = workers
+        self.shard_id, self.num_shards = shard_id, num_shards
         self.epoch = 0
         meta = ds.select_columns([c for c in columns if c != "audio"]).with_format("numpy")[:]
         self.ids = [str(i) for i in meta["id"]]
@@ -446,13 +443,13 @@ class Loader:
         # The items an epoch visits: the row of each, and with windows its window's start (16 kHz samples).
         self.rows, self.windows = np.arange(len(ds)), None
         if options.windows:
-            n = self.n_frames * HOP_LENGTH
+            n = options.n_frames * HOP_LENGTH
             lengths = np.round(np.asarray(meta["duration"], dtype=np.float64) * SAMPLE_RATE).astype(np.int64)
             starts = [window_starts(int(m), n, n // 2) for m in lengths]
             self.rows = np.repeat(self.rows, [len(w) for w in starts])
             self.windows = np.concatenate(starts).astype(np.int64)
-        self.bank_size = max(2**18, 2 * self.n_frames * HOP_LENGTH)
-        mel_filters(self.n_mels)  # loaded once here rather than in every worker
+        self.bank_size = max(2**18, 2 * options.n_frames * HOP_LENGTH)
+        mel_filters(options.n_mels)  # loaded once here rather than in every worker
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -460,25 +457,25 @@ class Loader:
     def indices(self) -> np.ndarray:
         """This shard's items (rows, or windows of rows) in this epoch's order."""
         order = np.arange(len(self.rows))
-        if self.train:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.rows))
+        if self.options.train:
+            order = np.random.default_rng([self.options.seed, self.epoch]).permutation(len(self.rows))
         return np.array_split(order, self.num_shards)[self.shard_id]
 
     def batches(self) -> list[np.ndarray]:
         """This epoch's batches of item indices (``self.rows[items]`` are their rows)."""
         order = self.indices()
-        return [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return [order[i: i + self.options.batch_size] for i in range(0, len(order), self.options.batch_size)]
 
     def __len__(self) -> int:
         return math.ceil(len(np.array_split(np.arange(len(self.rows)), self.num_shards)[self.shard_id])
-                         / self.batch_size)
+                         / self.options.batch_size)
 
     def _window_start(self, items: np.ndarray) -> np.ndarray | None:
         """The evaluation windows' 16 kHz starts of ``items``, or None (one crop per row)."""
         return None if self.windows is None else self.windows[items]
 
     def _rng(self, batch: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, self.shard_id, batch])
+        return np.random.default_rng([self.options.seed, self.epoch, self.shard_id, batch])
 
     def _encoded(self, rows: np.ndarray) -> list[bytes]:
         """Encoded audio of ``rows``."""
@@ -501,7 +498,7 @@ class TorchLoader(Loader):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         batches = _TorchBatches(self, self.batches())
         loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False,
-                                             num_workers=self.num_workers)
+                                             num_workers=self.options.num_workers)
         for items, mel, frames in loader:
             yield {"mel": mel.to(self.device, non_blocking=True), "frames": frames.to(self.device),
                    **self._targets(items.numpy())}
@@ -523,11 +520,11 @@ class _TorchBatches(torch.utils.data.Dataset):
         clip_samples = np.array([len(a) for a, _ in decoded])
         rates = np.array([r for _, r in decoded])
         d = draw_batch(lo._rng(i), lo.options, clip_samples, rates, lo.bank_size, lo._window_start(items))
-        n = lo.n_frames * HOP_LENGTH
-        bank = noise_bank(lo.seed, lo.bank_size) if lo.augment.p_noise > 0 else None
-        wave = np.zeros((len(rows), lo.views, n), np.float32)
+        n = lo.options.n_frames * HOP_LENGTH
+        bank = noise_bank(lo.options.seed, lo.bank_size) if lo.options.augment.p_noise > 0 else None
+        wave = np.zeros((len(rows), lo.options.views, n), np.float32)
         for b, (audio, rate) in enumerate(decoded):
-            for v in range(lo.views):
+            for v in range(lo.options.views):
                 margin = d.margin[b, v]
                 start, length = d.start[b, v] - margin, d.length[b, v] + 2 * margin
                 crop = np.zeros(length, np.float32)
@@ -543,10 +540,10 @@ class _TorchBatches(torch.utils.data.Dataset):
                               for cs, os, ss in zip(d.color, d.offset, d.samples, strict=True)])
             rms = np.sqrt((wave.astype(np.float64) ** 2).mean(axis=-1, keepdims=True)).astype(np.float32)
             wave += noise * rms * _noise_level(d, n)[..., None]
-        mel = log_mel(torch.from_numpy(wave), lo.n_mels)
-        if lo.augment.masks:
+        mel = log_mel(torch.from_numpy(wave), lo.options.n_mels)
+        if lo.options.augment.masks:
             mel = mel * torch.from_numpy(d.freq_mask[..., :, None] * d.time_mask[..., None, :])
-        one = lo.views == 1
+        one = lo.options.views == 1
         return torch.from_numpy(items), mel[:, 0] if one else mel, torch.from_numpy(d.frames[:, 0] if one else d.frames)
 
 
@@ -613,13 +610,13 @@ class DaliLoader(Loader):
         rows = self.rows[items]
         encoded = self._encoded(rows)
         head = np.array([audio_header(data, self._row_name(row)) for row, data in zip(rows, encoded, strict=True)])
-        aug, n = self.augment, self.n_frames * HOP_LENGTH
+        aug, n = self.options.augment, self.options.n_frames * HOP_LENGTH
         d = draw_batch(self._rng(i), self.options, head[:, 0], head[:, 1], self.bank_size, self._window_start(items))
-        self._fed.append((items, d.frames[:, 0] if self.views == 1 else d.frames))
-        bank = noise_bank(self.seed, self.bank_size) if aug.p_noise > 0 else None
+        self._fed.append((items, d.frames[:, 0] if self.options.views == 1 else d.frames))
+        bank = noise_bank(self.options.seed, self.bank_size) if aug.p_noise > 0 else None
         level = _noise_level(d, n)
         out = [[np.frombuffer(data, np.uint8) for data in encoded]]
-        for v in range(self.views):
+        for v in range(self.options.views):
             out.append([np.array([s], np.int32) for s in d.start[:, v] - d.margin[:, v]])
             out.append([np.array([s], np.int32) for s in d.length[:, v] + 2 * d.margin[:, v]])
             ratio = head[:, 1] * d.speed[:, v] / SAMPLE_RATE
@@ -642,23 +639,23 @@ class DaliLoader(Loader):
         from nvidia.dali import math as dmath
         from nvidia.dali.pipeline import do_not_convert
 
-        aug, gpu = self.augment, self.device.type == "cuda"
+        aug, gpu = self.options.augment, self.device.type == "cuda"
         loader = weakref.ref(self)
         source = do_not_convert(lambda: loader()._source())  # plain Python, outside DALI's AutoGraph
         per_view = 5 + (aug.p_gain > 0) + 2 * (aug.p_noise > 0) + 2 * aug.masks
         window = torch.hann_window(N_FFT).tolist()  # periodic, as Whisper's; DALI's default differs
-        n = self.n_frames * HOP_LENGTH
+        n = self.options.n_frames * HOP_LENGTH
 
-        @pipeline_def(batch_size=self.batch_size, num_threads=max(self.num_workers, 1),
-                      device_id=(self.device.index or 0) if gpu else None, seed=self.seed,
+        @pipeline_def(batch_size=self.options.batch_size, num_threads=max(self.options.num_workers, 1),
+                      device_id=(self.device.index or 0) if gpu else None, seed=self.options.seed,
                       prefetch_queue_depth=2, enable_conditionals=True)
         def graph():
-            inputs = fn.external_source(source=source, num_outputs=1 + self.views * per_view, batch=True)
+            inputs = fn.external_source(source=source, num_outputs=1 + self.options.views * per_view, batch=True)
             audio, _ = fn.decoders.audio(inputs[0], downmix=True, dtype=types.FLOAT)
             if gpu:
                 audio = audio.gpu()
             mels = []
-            for v in range(self.views):
+            for v in range(self.options.views):
                 view = inputs[1 + v * per_view: 1 + (v + 1) * per_view]
                 start, length, taps, resample, lowpass, *rest = view
                 x = fn.slice(audio, start, length, axes=[0], out_of_bounds_policy="pad")
@@ -675,7 +672,7 @@ class DaliLoader(Loader):
                     x = x + noise * (dmath.sqrt(fn.reductions.mean_square(x)) * amp)
                 spec = fn.spectrogram(x, nfft=N_FFT, window_length=N_FFT, window_step=HOP_LENGTH,
                                       window_fn=window, center_windows=True, reflect_padding=True, power=2)
-                mel = fn.mel_filter_bank(spec, sample_rate=SAMPLE_RATE, nfilter=self.n_mels,
+                mel = fn.mel_filter_bank(spec, sample_rate=SAMPLE_RATE, nfilter=self.options.n_mels,
                                          freq_high=SAMPLE_RATE / 2, mel_formula="slaney", normalize=True)
                 # log10(max(mel, 1e-10)), the last frame dropped as Whisper does
                 log = fn.to_decibels(mel, multiplier=1.0, reference=1.0, cutoff_db=-10.0)[:, :-1]
@@ -703,7 +700,7 @@ class DaliLoader(Loader):
             else:
                 mel = torch.from_numpy(np.array(tl.as_tensor()))
             mels.append(mel)
-        return mels[0] if self.views == 1 else torch.stack(mels, dim=1)
+        return mels[0] if self.options.views == 1 else torch.stack(mels, dim=1)
 
     def _explain(self, error: RuntimeError) -> Exception:
         """DALI's error -> AudioError naming the rows in flight that soundfile cannot decode either."""

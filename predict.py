@@ -120,7 +120,6 @@ class Predictor:
     def __init__(self, net: modellib.EmotionModel, device: str | torch.device | None = None, *,
                  hop: float | None = None, batch_size: int = 32, precision: str = "auto"):
         self.runtime = modellib.Runtime.resolve(device, precision)  # as training evaluates: bf16 on a GPU
-        self.device = self.runtime.device
         self.net = net.to(self.device).eval()
         self.labels: list[str] = list(net.config.labels)
         self.n_frames: int = net.config.n_frames
@@ -137,6 +136,10 @@ class Predictor:
         """Load a checkpoint written by ``checkpoint.save_model`` (e.g. a run's ``best.pt``)."""
         device = modellib.resolve_device(device)
         return cls(checkpoint.load_model(path, device=device), device, **kw)
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
 
     @property
     def has_vad(self) -> bool:
