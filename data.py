@@ -29,7 +29,7 @@ import os
 import sys
 import weakref
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from functools import cache, lru_cache
@@ -210,8 +210,9 @@ def _four_class(ds: datasets.Dataset, name: str) -> datasets.Dataset:
     return _replace_emotion(ds, new, FOUR_CLASS).select(keep)
 
 
-def vad_ratings(ds: datasets.Dataset) -> np.ndarray:
-    """float32 [N, 3]: the valence, arousal and dominance of every row (NaN where the corpus has none)."""
+def vad_ratings(ds: datasets.Dataset | Mapping[str, np.ndarray]) -> np.ndarray:
+    """float32 [N, 3]: the valence, arousal and dominance of every row of a split (or of its columns), NaN where
+    the corpus has none."""
     return np.stack([np.asarray(ds[c], dtype=np.float32) for c in VAD], axis=1)
 
 
@@ -439,7 +440,7 @@ class Loader:
         meta = ds.select_columns([c for c in columns if c != "audio"]).with_format("numpy")[:]
         self.ids = [str(i) for i in meta["id"]]
         self.emotion = np.asarray(meta["emotion"], dtype=np.int64)
-        self.vad = np.stack([np.asarray(meta[c], dtype=np.float32) for c in VAD], axis=1)
+        self.vad = vad_ratings(meta)
         # The items an epoch visits: the row of each, and with windows its window's start (16 kHz samples).
         self.rows, self.windows = np.arange(len(ds)), None
         if options.windows:
