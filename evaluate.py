@@ -21,6 +21,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import confusion_matrix, f1_score
@@ -30,11 +31,13 @@ from sklearn.preprocessing import StandardScaler
 import checkpoint
 import data
 import distributed
+import stats
 from audio import decode_audio, log_mel
 from config import Config
 from labels import VAD
 from model import EmotionModel, Runtime
 
+PREDICTIONS = "predictions.csv"  # a run's predictions on validation and test (``Evaluation.rows``)
 BASELINE = "logistic regression on the mean and std over time of the clip's log-mel"
 
 
@@ -49,19 +52,26 @@ def ccc(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(2 * cov / (y_true.var() + y_pred.var() + (mx - my) ** 2 + 1e-12))
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int,
+                           speakers: np.ndarray | None = None, seed: int = 0) -> dict:
     """UA (mean recall over the classes present in y_true), WA (accuracy), macro-F1 (same classes)
-    and the full ``n_classes`` x ``n_classes`` confusion matrix (rows: true)."""
+    and the full ``n_classes`` x ``n_classes`` confusion matrix (rows: true). With ``speakers`` [N] also each
+    figure's 95 % interval from a bootstrap over speakers (``ua_ci``, ``wa_ci``, ``macro_f1_ci``: [lo, hi],
+    ``stats.speaker_intervals``) and the number of ``speakers``."""
     present = np.unique(y_true)
     cm = confusion_matrix(y_true, y_pred, labels=np.arange(n_classes))
     recall = cm[present, present] / cm[present].sum(axis=1)
-    return {
+    out = {
         "ua": float(recall.mean()),
         "wa": float((y_true == y_pred).mean()),
         "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
         "n": int(len(y_true)),
         "confusion": cm.tolist(),
     }
+    if speakers is not None:
+        intervals = stats.speaker_intervals(y_true, y_pred, speakers, n_classes, seed)
+        out.update({f"{k}_ci": list(v) for k, v in intervals.items()}, speakers=len(set(speakers)))
+    return out
 
 
 def vad_metrics(vad_true: np.ndarray, vad_pred: np.ndarray) -> dict:
@@ -83,10 +93,10 @@ def has_vad(vad: np.ndarray) -> bool:
 @torch.no_grad()
 def predict_split(net: EmotionModel, loader: data.Loader, runtime: Runtime) -> dict[str, np.ndarray]:
     """Run ``net`` over an evaluation loader, gathered over ranks. Arrays over the N rows of the split,
-    sorted by row: ``index``, ``emotion``, ``vad`` [N, 3], ``probs`` [N, n_labels], ``vad_pred`` [N, 3] (NaN
-    without a VAD head), ``embedding`` [N, D], ``windows`` [N]; a row scored on several windows gets the mean
-    over them, as ``predict.py`` scores a file. And over the W windows: ``window_embedding`` [W, D] and
-    ``window_row`` [W] (each one's position in the N rows)."""
+    sorted by row: ``index``, ``id``, ``speaker``, ``emotion``, ``vad`` [N, 3], ``probs`` [N, n_labels],
+    ``vad_pred`` [N, 3] (NaN without a VAD head), ``embedding`` [N, D], ``windows`` [N]; a row scored on several
+    windows gets the mean over them, as ``predict.py`` scores a file. And over the W windows:
+    ``window_embedding`` [W, D] and ``window_row`` [W] (each one's position in the N rows)."""
     was_training = net.training
     net.eval()
     keys = ("index", "emotion", "vad", "probs", "vad_pred", "embedding")
@@ -102,7 +112,9 @@ def predict_split(net: EmotionModel, loader: data.Loader, runtime: Runtime) -> d
     net.train(was_training)
     arrays = distributed.gather({k: np.concatenate(v) for k, v in out.items()})
     rows, first, inverse = np.unique(arrays["index"], return_index=True, return_inverse=True)
-    return {"index": rows, "emotion": arrays["emotion"][first], "vad": arrays["vad"][first],
+    speaker = np.asarray(loader.ds["speaker"])
+    return {"index": rows, "id": np.asarray(loader.ids)[rows], "speaker": speaker[rows],
+            "emotion": arrays["emotion"][first], "vad": arrays["vad"][first],
             **{k: row_mean(arrays[k], inverse) for k in ("probs", "vad_pred", "embedding")},
             "windows": np.bincount(inverse), "window_embedding": arrays["embedding"], "window_row": inverse}
 
@@ -114,9 +126,10 @@ def row_mean(x: np.ndarray, row: np.ndarray) -> np.ndarray:
     return (total / np.bincount(row).reshape(-1, *[1] * (x.ndim - 1))).astype(x.dtype)
 
 
-def head_metrics(pred: dict[str, np.ndarray], n_classes: int) -> dict:
-    """Metrics of the model's own classification (and VAD) heads."""
-    metrics = classification_metrics(pred["emotion"], pred["probs"].argmax(1), n_classes)
+def head_metrics(pred: dict[str, np.ndarray], n_classes: int, seed: int = 0) -> dict:
+    """Metrics of the model's own classification (and VAD) heads, with speaker-bootstrap intervals where ``pred``
+    has ``speaker``."""
+    metrics = classification_metrics(pred["emotion"], pred["probs"].argmax(1), n_classes, pred.get("speaker"), seed)
     if np.isfinite(pred["vad_pred"]).all():
         metrics.update(vad_metrics(pred["vad"], pred["vad_pred"]))
     return metrics
@@ -132,18 +145,38 @@ def embed(cfg: Config, split: str, checkpoint_name: str = "best.pt") -> dict[str
     return predict_split(net, loader, runtime)
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What ``evaluate`` scored: ``metrics`` (split -> ``classification_metrics``), the linear ``probe`` they come
+    from (None: the model's heads), and ``rows``: one table for the splits, a row per utterance (``split``,
+    ``id``, ``speaker``, ``emotion`` and ``prediction`` as label names), which a run writes to ``PREDICTIONS``."""
+
+    metrics: dict[str, dict]
+    probe: Probe | None
+    rows: pd.DataFrame
+
+
 def evaluate(net: EmotionModel, loaders: Mapping[str, data.Loader], names: tuple[str, ...], *, by_probe: bool,
-             runtime: Runtime, seed: int = 0, skip_nonfinite: bool = False) -> tuple[dict[str, dict], Probe | None]:
-    """Metrics on each split in ``names``, and the linear probe they come from (None for the heads).
+             runtime: Runtime, seed: int = 0, skip_nonfinite: bool = False) -> Evaluation:
+    """Metrics on each split in ``names`` (with speaker-bootstrap intervals), the linear probe they come from and
+    the predictions.
 
     ``by_probe``: scored by a linear probe fitted on ``loaders["train"]`` (an evaluation loader: no
     augmentation; ``skip_nonfinite``: see ``linear_probe``), as contrastive models and probes are; else by the
     model's own heads."""
-    n_classes = len(net.config.labels)
+    n_classes, names_of = len(net.config.labels), np.asarray(net.config.labels)
     preds = {s: predict_split(net, loaders[s], runtime) for s in names}
     if by_probe:
-        return linear_probe(predict_split(net, loaders["train"], runtime), preds, n_classes, seed, skip_nonfinite)
-    return {s: head_metrics(p, n_classes) for s, p in preds.items()}, None
+        metrics, probe = linear_probe(predict_split(net, loaders["train"], runtime), preds, n_classes, seed,
+                                      skip_nonfinite)
+        predicted = {s: probe.classifier.predict(p["embedding"]) for s, p in preds.items()}
+    else:
+        metrics, probe = {s: head_metrics(p, n_classes, seed) for s, p in preds.items()}, None
+        predicted = {s: p["probs"].argmax(1) for s, p in preds.items()}
+    rows = pd.concat([pd.DataFrame({"split": s, "id": p["id"], "speaker": p["speaker"],
+                                    "emotion": names_of[p["emotion"]], "prediction": names_of[predicted[s]]})
+                      for s, p in preds.items()], ignore_index=True)
+    return Evaluation(metrics, probe, rows)
 
 
 # ----------------------------------------------------------------------------- the linear probe
@@ -181,7 +214,8 @@ def linear_probe(train: dict[str, np.ndarray], evals: dict[str, dict[str, np.nda
     reg = make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(x[rated], vad[rated]) if has_vad(vad) else None
     results = {}
     for name, split in evals.items():
-        metrics = classification_metrics(split["emotion"], clf.predict(split["embedding"]), n_classes)
+        metrics = classification_metrics(split["emotion"], clf.predict(split["embedding"]), n_classes,
+                                         split.get("speaker"), seed)
         if reg is not None:
             metrics.update(vad_metrics(split["vad"], reg.predict(split["embedding"])))
         results[name] = metrics

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -42,6 +43,7 @@ import distributed
 import evaluate
 import losses
 import model as modellib
+import stats
 from config import Config, parse_args
 from model import Runtime
 
@@ -331,7 +333,8 @@ def restore_last(path: Path, net: torch.nn.Module, optimizer, scheduler, device:
 
 class RunLog:
     """What rank 0 writes into the run directory: ``config.json``, TensorBoard scalars, ``metrics.jsonl`` (a line
-    per epoch, then the final metrics), ``results.json``, and lines on stdout; on other ranks it does nothing."""
+    per epoch, then the final metrics), ``results.json``, ``predictions.csv`` (``evaluate.PREDICTIONS``), and
+    lines on stdout; on other ranks it does nothing."""
 
     def __init__(self, cfg: Config, main: bool, progress: Progress):
         self.main = main
@@ -373,14 +376,16 @@ class RunLog:
                        f"WA {record['val_wa']:.3f} F1 {record['val_macro_f1']:.3f}"
                        + (f"  ({record['skipped']} skipped)" if record["skipped"] else ""))
 
-    def final(self, result: dict) -> None:
+    def final(self, result: dict, rows: pd.DataFrame) -> None:
         if self.main:
             self._line({"final": {k: result[k] for k in ("validation", "test")}})
             self.jsonl.close()
             self.writer.close()
             self.results.write_text(json.dumps(result, indent=2))
+            rows.to_csv(self.results.with_name(evaluate.PREDICTIONS), index=False)
             t = result["test"]
-            print(f"test: UA {t['ua']:.3f}  WA {t['wa']:.3f}  macro-F1 {t['macro_f1']:.3f}"
+            print(f"test: UA {stats.format_interval(t['ua'], t['ua_ci'])} (95 % interval over {t['speakers']} "
+                  f"speakers)  WA {t['wa']:.3f}  macro-F1 {t['macro_f1']:.3f}"
                   + "".join(f"  CCC {n[4:]} {t[n]:.3f}" for n in t if n.startswith("ccc_")))
 
     def _line(self, record: dict) -> None:
@@ -424,16 +429,17 @@ def fit(cfg: Config) -> dict:
     def evaluate_and_save(epoch: int) -> dict:
         """Validation metrics; ``best.pt`` when they are the best yet (rank 0 writes, every rank agrees)."""
         distributed.broadcast_buffers(net)  # each rank's last step left its own buffers: use rank 0's
-        val, probe = evaluate.evaluate(net, evals, ("validation",), by_probe=by_probe, runtime=runtime,
-                                       seed=cfg.seed, skip_nonfinite=cfg.skip_nonfinite)
-        if val["validation"]["ua"] > progress.best_ua or epochs == 0:
-            progress.best_ua = val["validation"]["ua"]
-            if probe is not None:
-                evaluate.fold_probe(net, probe)
+        scored = evaluate.evaluate(net, evals, ("validation",), by_probe=by_probe, runtime=runtime, seed=cfg.seed,
+                                   skip_nonfinite=cfg.skip_nonfinite)
+        val = scored.metrics["validation"]
+        if val["ua"] > progress.best_ua or epochs == 0:
+            progress.best_ua = val["ua"]
+            if scored.probe is not None:
+                evaluate.fold_probe(net, scored.probe)
             if process.main:
                 checkpoint.save_model(net, best, extra={"epoch": epoch, "seed": cfg.seed, "objective": cfg.objective,
-                                                        "val": val["validation"]})
-        return val["validation"]
+                                                        "val": val})
+        return val
 
     for epoch in range(progress.epoch, epochs):
         train_loader.set_epoch(epoch)
@@ -462,10 +468,10 @@ def fit(cfg: Config) -> dict:
 
     distributed.barrier()  # best.pt is written
     net.load_state_dict(checkpoint.load_model(best, device=device).state_dict())
-    final, _ = evaluate.evaluate(net, evals, ("validation", "test"), by_probe=by_probe, runtime=runtime,
-                                 seed=cfg.seed, skip_nonfinite=cfg.skip_nonfinite)
-    result = {**final, "history": progress.history, "skipped": progress.skipped, "seed": cfg.seed}
-    log.final(result)
+    final = evaluate.evaluate(net, evals, ("validation", "test"), by_probe=by_probe, runtime=runtime, seed=cfg.seed,
+                              skip_nonfinite=cfg.skip_nonfinite)
+    result = {**final.metrics, "history": progress.history, "skipped": progress.skipped, "seed": cfg.seed}
+    log.final(result, final.rows)
     return result
 
 

@@ -4,6 +4,7 @@ and folding it into the heads (the classifier and the VAD head), the probe as a 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import random_model, tiny_config
@@ -120,9 +121,15 @@ def test_the_probe_objective_scores_the_model_as_built_and_saves_its_probe(synth
     assert net.config.vad_head and net.config.vad_probe
     loader = data.make_loader(data.load_corpus(str(synthetic_dir), "test"),
                               data.LoaderOptions(batch_size=16, n_frames=100, num_workers=0))
-    heads, probe = evaluate.evaluate(net, {"test": loader}, ("test",), by_probe=False, runtime=CPU)
-    assert probe is None
+    scored = evaluate.evaluate(net, {"test": loader}, ("test",), by_probe=False, runtime=CPU)
+    heads = scored.metrics
+    assert scored.probe is None
     assert heads["test"]["confusion"] == result["test"]["confusion"]
+    np.testing.assert_equal(heads["test"]["ua_ci"], result["test"]["ua_ci"])  # deterministic (NaN: 1 speaker)
+    rows = pd.read_csv(tmp_path / "probe" / evaluate.PREDICTIONS)  # what the run wrote: one row per utterance
+    test_rows = rows[rows["split"] == "test"]
+    assert len(test_rows) == result["test"]["n"] and set(test_rows["speaker"]) == set(loader.ds["speaker"])
+    assert (test_rows["prediction"].tolist() == scored.rows["prediction"].tolist())
     for name in VAD:  # the checkpoint's VAD head is the probe that was scored, not an untrained head
         assert heads["test"][f"ccc_{name}"] == pytest.approx(result["test"][f"ccc_{name}"], abs=1e-4)
     assert result["history"] == [] and (tmp_path / "probe" / "metrics.jsonl").exists()

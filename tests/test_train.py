@@ -175,8 +175,8 @@ def test_two_process_gloo_evaluation_equals_single_process(synthetic_dir, tmp_pa
     net = checkpoint.load_model(run_dir / "best.pt", device="cpu")
     options = data.LoaderOptions(batch_size=16, n_frames=100, num_workers=0, windows=True)
     loaders = {s: data.make_loader(data.load_corpus(str(synthetic_dir), s), options) for s in ("validation", "test")}
-    single, _ = evaluate.evaluate(net, loaders, ("validation", "test"), by_probe=False,
-                                  runtime=Runtime(torch.device("cpu")))
+    single = evaluate.evaluate(net, loaders, ("validation", "test"), by_probe=False,
+                               runtime=Runtime(torch.device("cpu"))).metrics
     for split in ("validation", "test"):
         assert gathered[split]["n"] == len(data.load_corpus(str(synthetic_dir), split))
         assert gathered[split]["confusion"] == single[split]["confusion"]
