@@ -15,6 +15,9 @@ export WHISPER_CHECKPOINT
 # Real speech for the tests that need it: RAVDESS in its published layout (skipped when absent).
 RAVDESS_DIR ?= $(wildcard $(abspath ../shared/ravdess))
 export RAVDESS_DIR
+# ... and EmoDB (wav/SSTTTEv.wav).
+EMODB_DIR ?= $(wildcard $(abspath ../shared/emodb))
+export EMODB_DIR
 
 .PHONY: help demo test test-fast gpu-check lint format synthetic bench strip clean
 

@@ -62,6 +62,28 @@ def _reason(error: Exception) -> str:
     return getattr(error, "error_string", None) or str(error)
 
 
+def container(data: bytes) -> str:
+    """The container of encoded audio from its first bytes: "wav" (RIFF/WAVE), "flac", "ogg", "aiff" (AIFF or
+    AIFF-C), or "other"; the file's name plays no part (some corpora hold AIFF data under a ``.wav`` name)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        return "wav"
+    if data[:4] == b"fLaC":
+        return "flac"
+    if data[:4] == b"OggS":
+        return "ogg"
+    if data[:4] == b"FORM" and data[8:12] in (b"AIFF", b"AIFC"):
+        return "aiff"
+    return "other"
+
+
+def to_flac16k(data: bytes, name: str = "") -> bytes:
+    """Encoded audio (any format libsndfile reads) -> 16 kHz mono 24-bit FLAC (``decode_audio``: anti-aliased;
+    the rounding is far below any recording's noise)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(decode_audio(data, name=name), -1.0, 1.0), SAMPLE_RATE, format="FLAC", subtype="PCM_24")
+    return buffer.getvalue()
+
+
 def to_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """[T] or [T, channels] at ``sample_rate`` Hz -> float32 mono [T'] at 16 kHz (anti-aliased)."""
     audio = np.asarray(audio, dtype=np.float32)

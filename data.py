@@ -103,6 +103,17 @@ def load_corpus(name_or_path: str | Path | Sequence[str | Path], split: str, *, 
     return ds
 
 
+def split_names(path: str | Path) -> list[str]:
+    """The splits of a prepared corpus on disk (a ``save_to_disk`` folder or a fold of ``prepare.save_folds``; a
+    single ``Dataset`` is one split, loaded under any name)."""
+    if (Path(path) / FOLD_FILE).is_file():
+        return list(json.loads((Path(path) / FOLD_FILE).read_text())["splits"])
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"no prepared corpus at {path}: no such folder (for a Hub dataset, name its split)")
+    ds = datasets.load_from_disk(str(path))
+    return list(ds) if isinstance(ds, datasets.DatasetDict) else ["all"]
+
+
 def _open(name: str | Path, split: str) -> datasets.Dataset:
     if (Path(name) / FOLD_FILE).is_file():  # a fold of prepare.save_folds: row indices into the shared rows
         spec = json.loads((Path(name) / FOLD_FILE).read_text())

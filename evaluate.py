@@ -1,21 +1,30 @@
-"""Scoring a model: metrics, predictions on a split, the linear probe and folding it into the heads, the corpus's
-baseline. Nothing here trains a network.
+"""Scoring a model: metrics with their intervals, predictions on a split, the linear probe and folding it into the
+heads, the corpus's baseline, a checkpoint on other corpora, two runs compared. Nothing here trains a network.
+
+    python evaluate.py CHECKPOINT DATA [DATA ...] [--split NAME|all] [--four-class] [--json OUT]  # cross-corpus
+    python evaluate.py --compare RUN_A RUN_B [--json OUT]        # paired difference in test UA, per fold and pooled
 
     pred = predict_split(net, loader, Runtime.resolve("cpu"))     # per row: probabilities, VAD, embedding
     head_metrics(pred, n_classes)                  # UA, WA, macro-F1, confusion matrix (and CCC) of the heads
     metrics, probe = linear_probe(train_pred, {"test": pred}, n_classes)   # a probe on the frozen embeddings
     fold_probe(net, probe)                         # ... written into the model's heads
     baseline(splits)                               # the corpus's floor: the same probe on log-mel statistics
+    score_corpus(net, ds, options, runtime)        # a checkpoint on another corpus, over the classes both share
+    compare_runs(run_a, run_b)                     # UA of a minus b on the same rows, interval and permutation p
 
 UA is the unweighted average recall over the classes present, WA the accuracy, CCC Lin's concordance
-correlation coefficient (rows without VAD left out). A row scored on several windows (an evaluation loader with
-``windows``) gets the mean of their probabilities, VAD and embeddings, as ``predict.py`` scores a file.
+correlation coefficient (rows without VAD left out). Every figure's 95 % interval comes from a bootstrap over
+speakers (``stats.py``): a speaker's utterances are not independent. A row scored on several windows (an
+evaluation loader with ``windows``) gets the mean of their probabilities, VAD and embeddings, as ``predict.py``
+scores a file.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +38,13 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import checkpoint
+import cli
 import data
 import distributed
 import stats
 from audio import decode_audio, log_mel
 from config import Config
-from labels import VAD
+from labels import FOUR_CLASS, NOT_EMOTIONS, VAD, to_four_class
 from model import EmotionModel, Runtime
 
 PREDICTIONS = "predictions.csv"  # a run's predictions on validation and test (``Evaluation.rows``)
@@ -283,3 +293,178 @@ def baseline(splits: Mapping[str, datasets.Dataset], seed: int = 0) -> dict[str,
     evals = {name: arrays(ds) for name, ds in splits.items() if name != "train" and len(ds)}
     n_classes = len(splits["train"].features["emotion"].names)
     return linear_probe(arrays(splits["train"]), evals, n_classes, seed)[0]
+
+
+# ----------------------------------------------------------------------------- a checkpoint on other corpora
+
+
+def scored_classes(names: Sequence[str], four_class: bool) -> dict[str, str]:
+    """Label name -> the class it is scored as: itself (``labels.NOT_EMOTIONS`` have none), or with ``four_class``
+    its ``labels.FOUR_CLASS`` reduction (names without one have none)."""
+    if four_class:
+        return {n: FOUR_CLASS[i] for n in names if (i := to_four_class(n)) is not None}
+    return {n: n for n in names if n not in NOT_EMOTIONS}
+
+
+def score_corpus(net: EmotionModel, ds: datasets.Dataset, options: data.LoaderOptions, runtime: Runtime, *,
+                 trained: Sequence[str] | None = None, four_class: bool = False, name: str = "corpus",
+                 seed: int = 0) -> tuple[dict, pd.DataFrame]:
+    """Score ``net`` on the rows of ``ds`` (a corpus it was not trained on) over the classes both share by name:
+    the classes of ``ds``'s rows and the model's ``trained`` classes (a checkpoint's ``extra["trained"]``: the
+    labels its training split had rows of; None: all its labels).
+
+    Rows of classes the model lacks are left out (counted in ``left_out`` and on stderr); the model's scores for
+    classes the corpus lacks take no part: the prediction is the most probable shared class (with ``four_class``
+    the probabilities of the model's classes that reduce to one class are added). Returns the metrics
+    (``classification_metrics`` with speaker-bootstrap intervals, ``classes``: the shared classes in order,
+    ``left_out``: name -> rows) and the rows (``id``, ``speaker``, ``emotion``, ``prediction``). Fewer than two
+    shared classes is a ValueError naming both label sets."""
+    row_names = np.asarray(ds.features["emotion"].names)[np.asarray(ds["emotion"], dtype=np.int64)]
+    learnt = [n for n in net.config.labels if trained is None or n in trained]
+    model, corpus = scored_classes(learnt, four_class), scored_classes(sorted(set(row_names)), four_class)
+    shared = [c for c in dict.fromkeys(model.values()) if c in set(corpus.values())]
+    if len(shared) < 2:
+        raise ValueError(f"{name} shares {len(shared)} class(es) {shared} with the checkpoint (the checkpoint's: "
+                         f"{learnt}; the corpus's rows: {sorted(set(row_names))}"
+                         f"{'; in 4 classes' if four_class else ''}): scoring needs at least two")
+    keep = np.array([corpus.get(n) in shared for n in row_names], dtype=bool)
+    left_out = {str(n): int(c) for n, c in zip(*np.unique(row_names[~keep], return_counts=True), strict=True)}
+    if left_out:
+        print(f"{name}: left out {int((~keep).sum())} of {len(ds)} rows, of classes the checkpoint lacks: {left_out}",
+              file=sys.stderr)
+    pred = predict_split(net, data.make_loader(ds.select(np.flatnonzero(keep)), options, device=runtime.device),
+                         runtime)
+    to_shared = np.zeros((len(net.config.labels), len(shared)))  # model class -> shared class
+    for i, label in enumerate(net.config.labels):
+        if model.get(label) in shared:
+            to_shared[i, shared.index(model[label])] = 1.0
+    y_pred = (pred["probs"] @ to_shared).argmax(1)
+    y_true = np.array([shared.index(corpus[n]) for n in row_names[keep][pred["index"]]])
+    metrics = classification_metrics(y_true, y_pred, len(shared), pred["speaker"], seed)
+    rows = pd.DataFrame({"id": pred["id"], "speaker": pred["speaker"], "emotion": np.asarray(shared)[y_true],
+                         "prediction": np.asarray(shared)[y_pred]})
+    return {**metrics, "classes": shared, "left_out": left_out}, rows
+
+
+def corpus_rows(path: str, split: str) -> datasets.Dataset:
+    """``split`` of a prepared corpus, or with ``"all"`` every split of it together (``data.split_names``)."""
+    if split != "all":
+        return data.load_corpus(path, split)
+    return datasets.concatenate_datasets([data.load_corpus(path, s) for s in data.split_names(path)])
+
+
+# ----------------------------------------------------------------------------- two runs on the same rows
+
+
+def run_predictions(run_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """The ``PREDICTIONS`` of a run (name "") or of a cross-validation (each fold's folder name) -> tables."""
+    run_dir = Path(run_dir)
+    if (run_dir / PREDICTIONS).is_file():
+        return {"": pd.read_csv(run_dir / PREDICTIONS, dtype=str)}
+    folds = {p.parent.name: pd.read_csv(p, dtype=str) for p in sorted(run_dir.glob(f"*/{PREDICTIONS}"))}
+    if not folds:
+        raise FileNotFoundError(f"{run_dir}: no {PREDICTIONS} (a finished train.py run) and no fold folders holding "
+                                "one (a cross-validation)")
+    return folds
+
+
+def compare_runs(run_a: str | Path, run_b: str | Path, split: str = "test", seed: int = 0) -> pd.DataFrame:
+    """UA of run a minus UA of run b on the same rows of ``split`` (``stats.paired_difference``): a row per fold of
+    a cross-validation (matched by folder name) and, with several, the folds pooled (a speaker is a fold's
+    speaker). Columns ``ua_a``, ``ua_b``, ``difference``, ``ci_low``, ``ci_high``, ``p``, ``speakers``, ``n``.
+    Runs whose folds or rows differ are a ValueError saying how."""
+    a, b = run_predictions(run_a), run_predictions(run_b)
+    if set(a) != set(b):
+        raise ValueError(f"{run_a} and {run_b} hold different folds: {sorted(a)} and {sorted(b)}")
+    joined = {}
+    for fold in a:
+        x, y = (t[t["split"] == split].set_index("id") for t in (a[fold], b[fold]))
+        if set(x.index) != set(y.index) or not (x["emotion"] == y.loc[x.index, "emotion"]).all():
+            raise ValueError(f"{fold or 'the runs'}: {run_a} and {run_b} were not scored on the same {split} rows "
+                             f"({len(set(x.index) ^ set(y.index))} ids in one only): compare runs on the same data")
+        joined[fold] = x.assign(other=y.loc[x.index, "prediction"], fold=fold)
+    if len(joined) > 1:
+        joined["pooled"] = pd.concat(joined.values())
+    out = {fold or "run": compare_rows(rows, seed) for fold, rows in joined.items()}
+    table = pd.DataFrame(out).T
+    return table.astype({"speakers": int, "n": int})
+
+
+def compare_rows(rows: pd.DataFrame, seed: int = 0) -> dict:
+    """``stats.paired_difference`` of two systems' predictions of the same rows: ``emotion``, ``prediction`` (a),
+    ``other`` (b) as label names, ``speaker`` and ``fold`` (a speaker is a fold's speaker)."""
+    names = sorted(set(rows["emotion"]) | set(rows["prediction"]) | set(rows["other"]))
+    y_true, pred_a, pred_b = (rows[c].map(names.index).to_numpy() for c in ("emotion", "prediction", "other"))
+    d = stats.paired_difference(y_true, pred_a, pred_b, (rows["fold"] + "/" + rows["speaker"]).to_numpy(),
+                                len(names), seed)
+    ua = [float(stats.confusion_metrics(stats.speaker_confusions(y_true, p, np.zeros(len(p)), len(names))[0])["ua"])
+          for p in (pred_a, pred_b)]
+    return {"ua_a": ua[0], "ua_b": ua[1], "difference": d["difference"], "ci_low": d["ci"][0], "ci_high": d["ci"][1],
+            "p": d["p"], "speakers": d["speakers"], "n": d["n"]}
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def score_table(results: Mapping[str, dict]) -> pd.DataFrame:
+    """Corpus -> ``score_corpus`` metrics as a printable table: UA, WA, macro-F1 with their intervals, n, classes."""
+    return pd.DataFrame({name: {**{k: stats.format_interval(m[k], m[f"{k}_ci"]) for k in stats.METRICS},
+                                "speakers": m["speakers"], "n": m["n"], "classes": ",".join(m["classes"])}
+                         for name, m in results.items()}).T
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = cli.ArgumentParser(prog="evaluate.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", nargs="?", help="a trained checkpoint (a run's best.pt)")
+    parser.add_argument("corpora", nargs="*", metavar="DATA", help="prepared corpora to score it on")
+    parser.add_argument("--split", default="all", help="the split of each corpus to score, or all (default: every "
+                                                       "row: no speaker of another corpus was seen in training)")
+    parser.add_argument("--four-class", action="store_true", help="score neutral, happy, sad, angry only")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results, keyed by corpus")
+    parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
+                        help="the paired difference in test UA of two runs (or cross-validations) on the same rows")
+    parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: the GPU if there is one)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args(argv)
+    if args.compare and (args.checkpoint or args.four_class):
+        parser.error("--compare RUN_A RUN_B takes no checkpoint or corpora")
+    if not args.compare and not (args.checkpoint and args.corpora):
+        parser.error("give CHECKPOINT DATA [DATA ...], or --compare RUN_A RUN_B")
+    return args
+
+
+def _main(argv: list[str] | None) -> None:
+    args = parse_args(argv)
+    if args.compare:
+        table = compare_runs(*args.compare)
+        print(f"test UA of {args.compare[0]} (a) minus {args.compare[1]} (b): difference, its 95 % speaker-bootstrap "
+              f"interval, the paired permutation p\n{table.to_string(float_format=lambda v: f'{v:.3f}')}")
+        if args.json:
+            args.json.write_text(table.to_json(orient="index", indent=2))
+        return
+    runtime = Runtime.resolve(args.device, "auto")
+    net = checkpoint.load_model(args.checkpoint, device=runtime.device)
+    trained = checkpoint.read_checkpoint(args.checkpoint)["extra"].get("trained")
+    options = Config(n_frames=net.config.n_frames, batch_size=args.batch_size).loader_options(
+        train=False, n_mels=net.config.n_mels)
+    results = {}
+    for path in args.corpora:
+        name = Path(path).name
+        if name in results:
+            raise ValueError(f"two corpora named {name}: give them folders of different names")
+        results[name] = score_corpus(net, corpus_rows(path, args.split), options, runtime, trained=trained,
+                                     four_class=args.four_class, name=name)[0]
+    print(f"{args.checkpoint} ({', '.join(net.config.labels)}) on {args.split} rows, 95 % intervals over speakers:\n"
+          f"{score_table(results).to_string()}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python evaluate.py``: a bad argument or input is one line on stderr (--debug: the traceback)."""
+    return cli.run(_main, argv, "evaluate.py")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

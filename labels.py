@@ -80,6 +80,32 @@ CORPORA: dict[str, CorpusSpec] = {
         },
         vad_scale=None,
     ),
+    # EmoDB (Berlin): the sixth letter of the file name, German initials.
+    "emodb": CorpusSpec(
+        "emodb",
+        codes={"W": "angry", "L": "boredom", "E": "disgusted", "A": "fearful", "F": "happy", "T": "sad",
+               "N": "neutral"},
+        vad_scale=None,
+    ),
+    # SAVEE: the letters before the sentence number (``a`` is anger).
+    "savee": CorpusSpec(
+        "savee",
+        codes={"a": "angry", "d": "disgusted", "f": "fearful", "h": "happy", "n": "neutral", "sa": "sad",
+               "su": "surprised"},
+        vad_scale=None,
+    ),
+    # TESS: the last part of the file name (``ps``: pleasant surprise).
+    "tess": CorpusSpec(
+        "tess",
+        codes={"angry": "angry", "disgust": "disgusted", "fear": "fearful", "happy": "happy", "neutral": "neutral",
+               "ps": "surprised", "sad": "sad"},
+        vad_scale=None,
+    ),
+    "crema_d": CorpusSpec(
+        "crema_d",
+        codes={"ANG": "angry", "DIS": "disgusted", "FEA": "fearful", "HAP": "happy", "NEU": "neutral", "SAD": "sad"},
+        vad_scale=None,
+    ),
     # The offline synthetic corpus of prepare.py: four acted-style classes, VAD on 0-1.
     "synthetic": CorpusSpec(
         "synthetic",

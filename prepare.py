@@ -1,7 +1,9 @@
 """Raw corpora -> Hugging Face ``DatasetDict`` in one schema (``data.schema``), with speaker-independent splits.
 
-    python prepare.py ravdess     RAW_DIR OUT_DIR [--fold K | --test-actors 1,2,3 --validation-actors 4,5]
+    python prepare.py ravdess     RAW_DIR OUT_DIR [--fold K | --all-folds | --test-speakers 1,2 --validation-speakers 3]
                                   [--vocal-channel speech|song|both] [--skip-bad] [...]
+    python prepare.py emodb|savee|crema-d RAW_DIR OUT_DIR [--fold K | --all-folds | --test-speakers A,B ...]
+    python prepare.py tess        RAW_DIR OUT_DIR      (every row in test: a cross-corpus test set)
     python prepare.py iemocap     RAW_DIR OUT_DIR [--test-session N] [--skip-bad] [--push-to-hub REPO_ID]
     python prepare.py msp-podcast RAW_DIR OUT_DIR [--skip-bad] [--push-to-hub REPO_ID]
     python prepare.py synthetic   OUT_DIR [--seed N] [--speakers N] [--per-class N] [--push-to-hub REPO_ID]
@@ -40,8 +42,9 @@ from tqdm import tqdm
 import cli
 import data
 import evaluate
+import splits
 import synthetic
-from audio import SAMPLE_RATE, decode_audio
+from audio import container, to_flac16k
 from data import AUDIO, AUDIO_STORAGE, SPLITS, save
 from labels import CORPORA, label_map, label_names, normalize_vad
 
@@ -56,6 +59,9 @@ class BadInputError(ValueError):
                          f"them):\n{lines}")
 
 
+DALI_CONTAINERS = ("wav", "flac", "ogg")  # audio.container values that DALI's decoder reads
+
+
 @dataclass
 class _Item:
     """One utterance to be: its audio file, split and every column but ``audio`` and ``duration``."""
@@ -66,6 +72,7 @@ class _Item:
     row: dict
     duration: float = math.nan
     digest: str = ""
+    convert: bool = False  # stored as 16 kHz FLAC: a container DALI cannot decode (``DALI_CONTAINERS``)
 
 
 def _features(corpus: str, extra: dict[str, Value]) -> Features:
@@ -114,8 +121,10 @@ def measure(encoded: bytes) -> float:
 
 def _rows(items: list[_Item]) -> Iterator[dict]:
     for item in items:
-        yield {**item.row, "audio": {"bytes": item.path.read_bytes(), "path": item.name},
-               "duration": item.duration}
+        encoded, name = item.path.read_bytes(), item.name
+        if item.convert:
+            encoded, name = to_flac16k(encoded, str(item.path)), str(Path(name).with_suffix(".flac"))
+        yield {**item.row, "audio": {"bytes": encoded, "path": name}, "duration": item.duration}
 
 
 def _build(items: list[_Item], problems: list[tuple[str, str]], features: Features, *, desc: str,
@@ -139,11 +148,17 @@ def _build(items: list[_Item], problems: list[tuple[str, str]], features: Featur
             problems.append((str(item.path), str(err)))
             continue
         item.digest = hashlib.blake2b(encoded, digest_size=16).hexdigest()
+        item.convert = container(encoded) not in DALI_CONTAINERS
         good.append(item)
     if problems and not skip_bad:
         raise BadInputError(problems)
     if problems:
         _report_skipped(problems, report)
+    converted = [item.name for item in good if item.convert]
+    if converted:
+        print(f"{desc}: {len(converted)} file(s) hold audio in a container DALI cannot decode (not WAV, FLAC or OGG "
+              f"data, whatever the name: {', '.join(converted[:5])}{', ...' if len(converted) > 5 else ''}): "
+              "stored as 16 kHz mono FLAC", file=sys.stderr)
     by_split: dict[str, list[_Item]] = {}
     for item in sorted(good, key=lambda it: it.row["id"]):
         by_split.setdefault(item.split, []).append(item)
@@ -169,10 +184,8 @@ def to_16k_flac(dsd: DatasetDict) -> DatasetDict:
     a third of the samples of a 48 kHz file and resample nothing (bench/loader.py, BENCHMARKS.md). The audio
     ``path`` gets ``.flac``."""
     def convert(row: dict) -> dict:
-        audio = decode_audio(data.encoded_audio(row["audio"], row["id"]), name=row["id"])
-        buffer = io.BytesIO()
-        sf.write(buffer, np.clip(audio, -1.0, 1.0), SAMPLE_RATE, format="FLAC", subtype="PCM_24")
-        return {"audio": {"bytes": buffer.getvalue(), "path": str(Path(row["audio"]["path"]).with_suffix(".flac"))}}
+        flac = to_flac16k(data.encoded_audio(row["audio"], row["id"]), name=row["id"])
+        return {"audio": {"bytes": flac, "path": str(Path(row["audio"]["path"]).with_suffix(".flac"))}}
 
     def as_flac(ds: Dataset, split: str) -> Dataset:
         written = Features({**ds.features, "audio": AUDIO_STORAGE})  # as _build writes: keeps the path whole
@@ -181,42 +194,17 @@ def to_16k_flac(dsd: DatasetDict) -> DatasetDict:
     return DatasetDict({split: as_flac(ds, split) for split, ds in dsd.items()})
 
 
-def fold_splits(rows: Dataset, corpus: str) -> dict[str, dict[str, list[int]]]:
-    """The literature's folds over ``rows`` (every row of a prepared corpus): RAVDESS, EmoBox's six
-    (``emobox_fold``, named fold_K); IEMOCAP, leave-one-session-out (``iemocap_validation_speaker``, named
-    test_session_N). Fold name -> split -> row indices; a fold with an empty split is a ValueError."""
-    speaker = np.asarray(rows["speaker"])
-    if corpus == "ravdess":
-        actor = [int(s[-2:]) for s in speaker]
-        folds = {f"fold_{k}": np.array([ravdess_split(a, *emobox_fold(k)) for a in actor]) for k in EMOBOX_FOLDS}
-    elif corpus == "iemocap":
-        session = np.asarray(rows["session"])
-        sessions = sorted({int(s) for s in session})
-        folds = {f"test_session_{n}": np.where(session == n, "test", np.where(
-            speaker == iemocap_validation_speaker(n, sessions), "validation", "train")) for n in sessions}
-    else:
-        raise ValueError(f"all folds at once: RAVDESS (EmoBox's six) or IEMOCAP (leave-one-session-out), not {corpus}")
-    out = {}
-    for name, split in folds.items():
-        out[name] = {s: np.flatnonzero(split == s).tolist() for s in SPLITS}
-        empty = [s for s, rows_ in out[name].items() if not rows_]
-        if empty:
-            raise ValueError(f"{name}: the {'/'.join(empty)} split would be empty (speakers found: "
-                             f"{sorted(set(speaker))})")
-    return out
-
-
 def save_folds(dsd: DatasetDict, corpus: str, out_dir: str | Path) -> dict[str, dict[str, list[int]]]:
-    """Every fold of ``fold_splits`` under ``out_dir``, the audio stored once: all rows in ``out_dir/rows``, and
-    per fold a folder ``out_dir/NAME`` holding only ``data.FOLD_FILE`` (its splits' row indices), which
+    """Every fold of ``splits.fold_splits`` under ``out_dir``, the audio stored once: all rows in ``out_dir/rows``,
+    and per fold a folder ``out_dir/NAME`` holding only ``data.FOLD_FILE`` (its splits' row indices), which
     ``data.load_corpus`` opens as it opens a prepared corpus. Returns the folds."""
     out_dir = Path(out_dir)
     rows = concatenate_datasets([dsd[split] for split in dsd])
-    folds = fold_splits(rows, corpus)
+    folds = splits.fold_splits(rows, corpus)
     save(DatasetDict({"all": rows}), out_dir / "rows")
-    for name, splits in folds.items():
+    for name, fold in folds.items():
         (out_dir / name).mkdir(parents=True, exist_ok=True)
-        (out_dir / name / data.FOLD_FILE).write_text(json.dumps({"rows": "../rows", "splits": splits}))
+        (out_dir / name / data.FOLD_FILE).write_text(json.dumps({"rows": "../rows", "splits": fold}))
     return folds
 
 
@@ -242,52 +230,47 @@ def _vad(values: list[str], corpus: str) -> list[float]:
     return [normalize_vad(score, low, high) for score in scores]
 
 
+def _assign_splits(items: list[_Item], corpus: str, test_speakers: Collection[str | int],
+                   validation_speakers: Collection[str | int], fold: int | None, default_fold: int | None = None) -> None:
+    """Each item's split (``splits.assign``); without speakers or a fold, ``default_fold``'s, or with None the
+    split each item has."""
+    if fold is None and not test_speakers and not validation_speakers:
+        fold = default_fold
+    speakers = [item.row["speaker"] for item in items]
+    genders = {item.row["speaker"]: item.row.get("gender", "") for item in items}
+    chosen = splits.assign(corpus, speakers, [item.split for item in items], test_speakers, validation_speakers, fold,
+                           genders)
+    for item, split in zip(items, chosen, strict=True):
+        item.split = split
+
+
+def _no_layout(root: Path, corpus: str, expected: str) -> FileNotFoundError:
+    return FileNotFoundError(f"{root} is not a {corpus} directory: expected {expected}")
+
+
 # --------------------------------------------------------------------------- RAVDESS
 
 _RAVDESS_NAME = re.compile(r"(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)")
 _RAVDESS_CHANNEL = {"01": "speech", "02": "song"}
 VOCAL_CHANNELS = ("speech", "song", "both")
-# EmoBox's six speaker-independent RAVDESS folds: fold -> test actors (the other 20 train and validate).
-EMOBOX_FOLDS = {1: (1, 11, 20, 21), 2: (4, 10, 12, 14), 3: (8, 9, 19, 23), 4: (3, 5, 7, 24), 5: (2, 15, 16, 18),
-                6: (6, 13, 17, 22)}
 _RAVDESS_INTENSITY = {"01": "normal", "02": "strong"}
 _RAVDESS_STATEMENT = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
 
 
-def ravdess_split(actor: int, test_actors: Collection[int] = (), validation_actors: Collection[int] = ()) -> str:
-    """The split of an actor. Without actor lists RAVDESS's fixed split: 1-18 train, 19-20 validation, 21-24 test
-    (each half male, half female); with them, ``test_actors`` test, ``validation_actors`` validation, the rest
-    train."""
-    if test_actors or validation_actors:
-        return "test" if actor in test_actors else "validation" if actor in validation_actors else "train"
-    return "train" if actor <= 18 else "validation" if actor <= 20 else "test"
-
-
-def emobox_fold(fold: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(test actors, validation actors) of EmoBox's RAVDESS ``fold`` (1-6). Validation: one male (odd) and one
-    female (even) actor among the other 20, the (fold-1)-th of each sorted list, so that folds validate on
-    different actors; the remaining 18 train."""
-    if fold not in EMOBOX_FOLDS:
-        raise ValueError(f"RAVDESS fold must be one of {sorted(EMOBOX_FOLDS)}, got {fold}")
-    test = EMOBOX_FOLDS[fold]
-    rest = [a for a in range(1, 25) if a not in test]
-    males, females = [a for a in rest if a % 2], [a for a in rest if a % 2 == 0]
-    return test, tuple(sorted((males[(fold - 1) % len(males)], females[(fold - 1) % len(females)])))
-
-
-def prepare_ravdess(root: str | Path, *, test_actors: Collection[int] = (), validation_actors: Collection[int] = (),
-                    fold: int | None = None, vocal_channel: str = "speech", skip_bad: bool = False,
+def prepare_ravdess(root: str | Path, *, test_speakers: Collection[str | int] = (),
+                    validation_speakers: Collection[str | int] = (), fold: int | None = None,
+                    vocal_channel: str = "speech", skip_bad: bool = False,
                     report: str | Path | None = None) -> DatasetDict:
     """RAVDESS (``Actor_XX/MM-VV-EE-II-SS-RR-AA.wav``, 48 kHz) -> DatasetDict.
 
     File name fields: modality, vocal channel (01 speech, 02 song), emotion (01-08, ``CORPORA``), intensity
     (01 normal, 02 strong), statement (01, 02), repetition, actor (01-24, odd male). Both the flat layout and
     the published zips' ``Audio_*_Actors_01-24/Actor_XX`` are found. Speaker = ``Actor_XX``. Splits by actor:
-    see ``ravdess_split``; with ``test_actors``/``validation_actors`` (any speaker-independent split, e.g.
-    folds of a subset of the actors) a split left without rows is a ValueError; ``fold`` K takes them from
-    ``emobox_fold(K)``. No VAD ratings: valence, arousal, dominance are NaN. Extra columns: ``intensity``,
-    ``statement``, ``vocal_channel`` (strings). ``vocal_channel``: "speech" (the 1,440 clips of the
-    benchmark; song clips found under ``root`` are left out and counted on stderr), "song" or "both".
+    ``splits.ravdess_split`` by default; ``test_speakers``/``validation_speakers`` (actor numbers or ``Actor_XX``, any
+    speaker-independent split, e.g. folds of a subset of the actors: the rest train); ``fold`` K: EmoBox's
+    (``splits.emobox_fold``). No VAD ratings: valence, arousal, dominance are NaN. Extra columns: ``intensity``,
+    ``statement``, ``vocal_channel`` (strings). ``vocal_channel``: "speech" (the 1,440 clips of the benchmark;
+    song clips found under ``root`` are left out and counted on stderr), "song" or "both".
 
     Bad input raises one ``BadInputError``; with ``skip_bad`` it is left out and listed in ``report`` (TSV)
     or on stderr.
@@ -295,17 +278,11 @@ def prepare_ravdess(root: str | Path, *, test_actors: Collection[int] = (), vali
     root = Path(root)
     if vocal_channel not in VOCAL_CHANNELS:
         raise ValueError(f"vocal_channel must be one of {VOCAL_CHANNELS}, got {vocal_channel!r}")
-    if fold is not None:
-        if test_actors or validation_actors:
-            raise ValueError("give either fold or test_actors/validation_actors, not both")
-        test_actors, validation_actors = emobox_fold(fold)
-    test_actors, validation_actors = set(test_actors), set(validation_actors)
-    if test_actors & validation_actors:
-        raise ValueError(f"actors {sorted(test_actors & validation_actors)} are in both the test and validation split")
     codes, index = CORPORA["ravdess"].codes, label_map("ravdess")
     paths = sorted(p for p in root.glob("**/Actor_*/*.wav") if not p.name.startswith("."))
     if not paths:
-        raise FileNotFoundError(f"no Actor_XX/*.wav under {root}: not a RAVDESS directory")
+        raise _no_layout(root, "RAVDESS", "Actor_XX/MM-VV-EE-II-SS-RR-AA.wav files (e.g. "
+                                          "Actor_01/03-01-05-01-02-01-01.wav)")
     items, problems, other_channel = [], [], 0
     for path in paths:
         match = _RAVDESS_NAME.fullmatch(path.stem)
@@ -330,19 +307,209 @@ def prepare_ravdess(root: str | Path, *, test_actors: Collection[int] = (), vali
                "dominance": math.nan, "speaker": f"Actor_{actor}", "corpus": "ravdess",
                "intensity": _RAVDESS_INTENSITY[intensity], "statement": _RAVDESS_STATEMENT[statement],
                "vocal_channel": _RAVDESS_CHANNEL[channel]}
-        split = ravdess_split(int(actor), test_actors, validation_actors)
-        items.append(_Item(path, path.relative_to(root).as_posix(), split, row))
+        items.append(_Item(path, path.relative_to(root).as_posix(), splits.ravdess_split(int(actor)), row))
     if other_channel:
         print(f"ravdess: left out {other_channel} {'song' if vocal_channel == 'speech' else 'speech'} clips "
               f"(vocal_channel={vocal_channel!r})", file=sys.stderr)
-    if test_actors or validation_actors:
-        empty = [s for s in SPLITS if not any(item.split == s for item in items)]
-        if empty:
-            found = sorted({int(item.row["speaker"][-2:]) for item in items})
-            raise ValueError(f"the {'/'.join(empty)} split would be empty: test actors {sorted(test_actors)}, "
-                             f"validation actors {sorted(validation_actors)}, actors found {found}")
+    _assign_splits(items, "ravdess", test_speakers, validation_speakers, fold)
     extra = {"intensity": Value("string"), "statement": Value("string"), "vocal_channel": Value("string")}
     return _build(items, problems, _features("ravdess", extra), desc="ravdess", skip_bad=skip_bad, report=report)
+
+
+# --------------------------------------------------------------------------- EmoDB
+
+_EMODB_NAME = re.compile(r"(\d\d)([a-z]\d\d)([A-Z])([a-z])")
+
+
+def prepare_emodb(root: str | Path, *, test_speakers: Collection[str | int] = (),
+                  validation_speakers: Collection[str | int] = (), fold: int | None = None, skip_bad: bool = False,
+                  report: str | Path | None = None) -> DatasetDict:
+    """EmoDB (``wav/SSTTTEv.wav``, 16 kHz; ``root`` may also be the ``wav`` folder) -> DatasetDict.
+
+    File name: speaker ``SS`` (ten: ``splits.EMODB_MALES``, ``splits.EMODB_FEMALES``), text ``TTT`` (a01-b10),
+    emotion letter ``E`` (``CORPORA["emodb"]``: W angry, L boredom, E disgusted, A fearful, F happy, T sad,
+    N neutral), version ``v``. Speaker = ``SS``. Splits: ``fold`` K of ``splits.fold_speakers`` (default fold 1) or
+    ``test_speakers`` / ``validation_speakers``. No VAD ratings. Extra columns: ``text``, ``gender``.
+
+    Bad input raises one ``BadInputError``; with ``skip_bad`` it is left out and listed in ``report``.
+    """
+    root = Path(root)
+    folder = root / "wav" if (root / "wav").is_dir() else root
+    paths = sorted(p for p in folder.glob("*.wav") if not p.name.startswith("."))
+    if not paths:
+        raise _no_layout(root, "EmoDB", "wav/SSTTTEv.wav files (e.g. wav/03a01Fa.wav)")
+    codes, index = CORPORA["emodb"].codes, label_map("emodb")
+    items, problems = [], []
+    for path in paths:
+        match = _EMODB_NAME.fullmatch(path.stem)
+        if not match:
+            problems.append((str(path), "file name does not parse as SSTTTEv (speaker, text, emotion, version)"))
+            continue
+        speaker, text, code, _ = match.groups()
+        reasons = [] if code in codes else [f"unknown emotion letter {code!r}"]
+        if speaker not in splits.EMODB_MALES + splits.EMODB_FEMALES:
+            reasons.append(f"speaker {speaker} is not one of EmoDB's ten "
+                           f"({', '.join(sorted(splits.EMODB_MALES + splits.EMODB_FEMALES))})")
+        if reasons:
+            problems.append((str(path), "; ".join(reasons)))
+            continue
+        row = {"id": path.stem, "emotion": index[codes[code]], "valence": math.nan, "arousal": math.nan,
+               "dominance": math.nan, "speaker": speaker, "corpus": "emodb", "text": text,
+               "gender": "male" if speaker in splits.EMODB_MALES else "female"}
+        items.append(_Item(path, path.relative_to(root).as_posix(), "", row))
+    _assign_splits(items, "emodb", test_speakers, validation_speakers, fold, default_fold=1)
+    features = _features("emodb", {"text": Value("string"), "gender": Value("string")})
+    return _build(items, problems, features, desc="emodb", skip_bad=skip_bad, report=report)
+
+
+# --------------------------------------------------------------------------- SAVEE
+
+_SAVEE_CODE = r"(a|d|f|h|n|sa|su)(\d\d)"
+
+
+def prepare_savee(root: str | Path, *, test_speakers: Collection[str] = (), validation_speakers: Collection[str] = (),
+                  fold: int | None = None, skip_bad: bool = False, report: str | Path | None = None) -> DatasetDict:
+    """SAVEE (4 male speakers DC, JE, JK, KL; 44.1 kHz) -> DatasetDict, from either published layout: the original
+    ``AudioData/DC/a01.wav`` or the flat ``DC_a01.wav`` (in ``root`` or ``root/ALL``).
+
+    Code before the sentence number (``CORPORA["savee"]``): a angry, d disgusted, f fearful, h happy, n neutral,
+    sa sad, su surprised. id = ``DC_a01`` in both layouts (a corpus found in both is an error naming both files).
+    Splits: ``fold`` K of ``splits.fold_speakers`` (EmoBox's leave-one-speaker-out; default fold 1) or
+    ``test_speakers``/``validation_speakers``. No VAD ratings.
+
+    Bad input raises one ``BadInputError``; with ``skip_bad`` it is left out and listed in ``report``.
+    """
+    root = Path(root)
+    original = sorted(p for p in root.glob("AudioData/*/*.wav") if not p.name.startswith("."))
+    flat = sorted(p for p in [*root.glob("*.wav"), *root.glob("ALL/*.wav")] if not p.name.startswith("."))
+    if not original and not flat:
+        raise _no_layout(root, "SAVEE", "AudioData/<speaker>/<code><nn>.wav (e.g. AudioData/DC/a01.wav) or flat "
+                                        "<speaker>_<code><nn>.wav files (e.g. DC_a01.wav, in the folder or in ALL/)")
+    codes, index = CORPORA["savee"].codes, label_map("savee")
+    items, problems = [], []
+    for path in original + flat:
+        match = (re.fullmatch(_SAVEE_CODE, path.stem) if path in original
+                 else re.fullmatch(rf"([A-Z]{{2}})_{_SAVEE_CODE}", path.stem))
+        if not match:
+            expected = "<code><nn>, e.g. a01" if path in original else "<speaker>_<code><nn>, e.g. DC_a01"
+            problems.append((str(path), f"file name does not parse as {expected} (codes {', '.join(codes)})"))
+            continue
+        speaker = path.parent.name if path in original else match.group(1)
+        code = match.groups()[-2]
+        row = {"id": f"{speaker}_{code}{match.groups()[-1]}", "emotion": index[codes[code]], "valence": math.nan,
+               "arousal": math.nan, "dominance": math.nan, "speaker": speaker, "corpus": "savee"}
+        items.append(_Item(path, path.relative_to(root).as_posix(), "", row))
+    _assign_splits(items, "savee", test_speakers, validation_speakers, fold, default_fold=1)
+    return _build(items, problems, _features("savee", {}), desc="savee", skip_bad=skip_bad, report=report)
+
+
+# --------------------------------------------------------------------------- TESS
+
+_TESS_FOLDER = re.compile(r"(OAF|YAF)_.+", re.IGNORECASE)
+
+
+def prepare_tess(root: str | Path, *, test_speakers: Collection[str] = (), validation_speakers: Collection[str] = (),
+                 skip_bad: bool = False, report: str | Path | None = None) -> DatasetDict:
+    """TESS (``OAF_angry/OAF_back_angry.wav``, ``YAF_pleasant_surprise/YAF_back_ps.wav``, ...; found at any depth
+    under ``root``) -> DatasetDict.
+
+    Emotion: the last part of the file name, any case (``CORPORA["tess"]``: angry, disgust, fear, happy, neutral,
+    ps = pleasant surprise -> surprised, sad); speaker: the folder's prefix, OAF or YAF (a published file is
+    named ``OA_bite_neutral.wav``); extra column ``word``. Two speakers who say the same 200 words cannot give a
+    speaker-independent training split: by default every row is in ``test`` (a cross-corpus test set);
+    ``test_speakers``/``validation_speakers`` split it otherwise. No VAD ratings. Files whose data DALI cannot
+    decode (AIFF under a ``.wav`` name) are stored as 16 kHz FLAC (``_build`` says so on stderr).
+
+    Bad input raises one ``BadInputError``; with ``skip_bad`` it is left out and listed in ``report``.
+    """
+    root = Path(root)
+    paths = sorted(p for p in root.rglob("*.wav") if _TESS_FOLDER.fullmatch(p.parent.name)
+                   and not p.name.startswith("."))
+    if not paths:
+        raise _no_layout(root, "TESS", "OAF_<emotion>/ and YAF_<emotion>/ folders of .wav files (e.g. "
+                                       "OAF_angry/OAF_back_angry.wav)")
+    codes, index = CORPORA["tess"].codes, label_map("tess")
+    items, problems = [], []
+    for path in paths:
+        parts = path.stem.split("_")
+        code = parts[-1].lower()
+        if len(parts) != 3 or code not in codes:
+            problems.append((str(path), f"file name does not parse as SPEAKER_WORD_EMOTION with an emotion among "
+                                        f"{', '.join(codes)}"))
+            continue
+        row = {"id": path.stem, "emotion": index[codes[code]], "valence": math.nan, "arousal": math.nan,
+               "dominance": math.nan, "speaker": path.parent.name[:3].upper(), "corpus": "tess", "word": parts[1]}
+        items.append(_Item(path, path.relative_to(root).as_posix(), "test", row))
+    _assign_splits(items, "tess", test_speakers, validation_speakers, None)
+    return _build(items, problems, _features("tess", {"word": Value("string")}), desc="tess", skip_bad=skip_bad,
+                  report=report)
+
+
+# --------------------------------------------------------------------------- CREMA-D
+
+_CREMA_NAME = re.compile(r"(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})")
+_CREMA_LEVEL = {"LO": "low", "MD": "medium", "HI": "high", "XX": "unspecified"}
+_CREMA_COLUMNS = ("ActorID", "Age", "Sex")
+
+
+def prepare_crema_d(root: str | Path, *, test_speakers: Collection[str] = (), validation_speakers: Collection[str] = (),
+                    fold: int | None = None, skip_bad: bool = False, report: str | Path | None = None) -> DatasetDict:
+    """CREMA-D (``AudioWAV/1001_DFA_ANG_XX.wav``, 16 kHz, and ``VideoDemographics.csv``) -> DatasetDict.
+
+    File name: actor (1001-1091), sentence (DFA, IEO, ...), emotion (``CORPORA["crema_d"]``: ANG, DIS, FEA, HAP,
+    NEU, SAD), level (LO, MD, HI, XX: unspecified). ``VideoDemographics.csv`` (ActorID, Age, Sex, ...) gives each
+    actor's sex, which the folds balance. Speaker = the actor id. Splits: ``fold`` K of ``splits.fold_speakers``
+    (default fold 1) or ``test_speakers``/``validation_speakers``. No VAD ratings (the perceptual ratings are
+    categorical). Extra columns: ``sentence``, ``level``, ``gender``, ``age``.
+
+    Bad input raises one ``BadInputError``; with ``skip_bad`` it is left out and listed in ``report``.
+    """
+    root = Path(root)
+    paths = sorted(p for p in (root / "AudioWAV").glob("*.wav") if not p.name.startswith("."))
+    demographics = root / "VideoDemographics.csv"
+    if not paths:
+        raise _no_layout(root, "CREMA-D", "AudioWAV/ACTOR_SENTENCE_EMOTION_LEVEL.wav files (e.g. "
+                                          "AudioWAV/1001_DFA_ANG_XX.wav) and VideoDemographics.csv")
+    if not demographics.is_file():
+        raise FileNotFoundError(f"no {demographics}: CREMA-D's table of actors (ActorID, Age, Sex, ...) gives the "
+                                "speakers' sex for the folds")
+    actors, problems = {}, []
+    with demographics.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in _CREMA_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise BadInputError([(str(demographics), f"missing column(s) {missing}")])
+        for record in reader:
+            sex = (record["Sex"] or "").strip().lower()
+            if sex not in ("male", "female"):
+                problems.append((f"{demographics}:{reader.line_num}",
+                                 f"Sex {record['Sex']!r} is neither Male nor Female"))
+                continue
+            actors[record["ActorID"].strip()] = (sex, record["Age"].strip())
+    codes, index = CORPORA["crema_d"].codes, label_map("crema_d")
+    items = []
+    for path in paths:
+        match = _CREMA_NAME.fullmatch(path.stem)
+        if not match:
+            problems.append((str(path), "file name does not parse as ACTOR_SENTENCE_EMOTION_LEVEL (1001_DFA_ANG_XX)"))
+            continue
+        actor, sentence, code, level = match.groups()
+        reasons = [] if code in codes else [f"unknown emotion code {code!r}"]
+        if level not in _CREMA_LEVEL:
+            reasons.append(f"unknown level {level!r}")
+        if actor not in actors:
+            reasons.append(f"actor {actor} is not in {demographics.name}")
+        if reasons:
+            problems.append((str(path), "; ".join(reasons)))
+            continue
+        sex, age = actors[actor]
+        row = {"id": path.stem, "emotion": index[codes[code]], "valence": math.nan, "arousal": math.nan,
+               "dominance": math.nan, "speaker": actor, "corpus": "crema_d", "sentence": sentence,
+               "level": _CREMA_LEVEL[level], "gender": sex, "age": age}
+        items.append(_Item(path, path.relative_to(root).as_posix(), "", row))
+    _assign_splits(items, "crema_d", test_speakers, validation_speakers, fold, default_fold=1)
+    extra = {name: Value("string") for name in ("sentence", "level", "gender", "age")}
+    return _build(items, problems, _features("crema_d", extra), desc="crema-d", skip_bad=skip_bad, report=report)
 
 
 # --------------------------------------------------------------------------- IEMOCAP
@@ -351,21 +518,8 @@ _IEMOCAP_LINE = re.compile(r"\[(\d+(?:\.\d+)?) - (\d+(?:\.\d+)?)\]\t(\S+)\t(\S+)
                            r"\[([^,\]]+), ([^,\]]+), ([^,\]]+)\]")
 
 
-def iemocap_validation_speaker(test_session: int, sessions: list[int]) -> str:
-    """Leave-one-session-out as SUPERB and EmoBox run it: ``test_session`` is test and the other sessions train,
-    except one speaker of them that validates (speaker-disjoint from training): in the session numbered just
-    below the test session (the last one for the first: 5 -> 4, 1 -> 5), the female speaker when the test
-    session is odd, the male when it is even (5 -> Ses04F, 4 -> Ses03M, 3 -> Ses02F, 2 -> Ses01M, 1 -> Ses05F).
-    """
-    sessions = sorted(sessions)
-    if test_session not in sessions:
-        raise ValueError(f"test session {test_session} is not among the sessions found: {sessions}")
-    if len(sessions) < 2:
-        raise ValueError(f"leave-one-session-out needs at least 2 sessions, found {sessions}")
-    return f"Ses{sessions[sessions.index(test_session) - 1]:02d}{'F' if test_session % 2 else 'M'}"
-
-
-def prepare_iemocap(root: str | Path, *, test_session: int = 5, skip_bad: bool = False,
+def prepare_iemocap(root: str | Path, *, test_session: int = 5, test_speakers: Collection[str] = (),
+                    validation_speakers: Collection[str] = (), skip_bad: bool = False,
                     report: str | Path | None = None) -> DatasetDict:
     """IEMOCAP (``SessionN/sentences/wav/<dialog>/<utt>.wav``, 16 kHz) -> DatasetDict.
 
@@ -374,8 +528,9 @@ def prepare_iemocap(root: str | Path, *, test_session: int = 5, skip_bad: bool =
     valence, activation/arousal, dominance on 1-5, mapped to 0-1); header and annotator lines (``%``,
     ``C-``, ``A-``) are ignored. Speaker = session + the gender letter of the utterance's own part
     (``Ses01F_impro01_M003`` -> ``Ses01M``). Splits (speaker-disjoint): test = ``test_session``, validation =
-    one speaker of another session (``iemocap_validation_speaker``: Ses04F for the default test session 5),
-    train = the other seven speakers of the four other sessions. Extra column: ``session`` (int).
+    one speaker of another session (``splits.iemocap_validation_speaker``: Ses04F for the default test session 5),
+    train = the other seven speakers of the four other sessions; ``test_speakers``/``validation_speakers``
+    (``Ses01F``, ...) any other speaker-independent split. Extra column: ``session`` (int).
 
     Bad input raises one ``BadInputError``; with ``skip_bad`` it is left out and listed in ``report`` (TSV)
     or on stderr.
@@ -386,7 +541,7 @@ def prepare_iemocap(root: str | Path, *, test_session: int = 5, skip_bad: bool =
                     if d.is_dir() and d.name[len("Session"):].isdigit()}
     if not session_dirs:
         raise FileNotFoundError(f"no SessionN directories under {root}: not an IEMOCAP directory")
-    validation_speaker = iemocap_validation_speaker(test_session, list(session_dirs))
+    validation_speaker = splits.iemocap_validation_speaker(test_session, list(session_dirs))
     items, problems = [], []
     for session, directory in sorted(session_dirs.items()):
         wavs = {p.stem: p for p in sorted((directory / "sentences" / "wav").glob("*/*.wav"))
@@ -427,6 +582,7 @@ def prepare_iemocap(root: str | Path, *, test_session: int = 5, skip_bad: bool =
                 items.append(_Item(wavs[utt], wavs[utt].relative_to(root).as_posix(), split, row))
         problems += [(str(path), f"no label for {utt} in {directory / 'dialog' / 'EmoEvaluation'}")
                      for utt, path in wavs.items() if utt not in labelled]
+    _assign_splits(items, "iemocap", test_speakers, validation_speakers, None)
     features = _features("iemocap", {"session": Value("int32")})
     return _build(items, problems, features, desc="iemocap", skip_bad=skip_bad, report=report)
 
@@ -447,13 +603,15 @@ def msp_split(split_set: str) -> str | None:
     return split_set.lower() if re.fullmatch(r"Test\d+", split_set) else None
 
 
-def prepare_msp_podcast(root: str | Path, *, skip_bad: bool = False,
+def prepare_msp_podcast(root: str | Path, *, test_speakers: Collection[str] = (),
+                        validation_speakers: Collection[str] = (), skip_bad: bool = False,
                         report: str | Path | None = None) -> DatasetDict:
     """MSP-Podcast (``Audios/*.wav`` and ``Labels/labels_consensus.csv``, 16 kHz) -> DatasetDict.
 
     The csv's columns: FileName, EmoClass (codes in ``CORPORA``), EmoAct, EmoVal, EmoDom (1-7, mapped to
     0-1), SpkrID, Gender, Split_Set. Splits are the corpus's own (speaker-independent by design), see
-    ``msp_split``; the extra test sets keep their names (``test2``, ...). Extra column: ``gender``.
+    ``msp_split``; the extra test sets keep their names (``test2``, ...); ``test_speakers``/``validation_speakers``
+    (``SpkrID`` values) split by speaker instead. Extra column: ``gender``.
 
     Bad input raises one ``BadInputError``; with ``skip_bad`` it is left out and listed in ``report`` (TSV)
     or on stderr.
@@ -498,6 +656,7 @@ def prepare_msp_podcast(root: str | Path, *, skip_bad: bool = False,
                    "corpus": "msp_podcast", "gender": record["Gender"]}
             items.append(_Item(wavs[name], f"Audios/{name}", split, row))
     problems += [(str(path), f"no label in {label_file}") for name, path in wavs.items() if name not in labelled]
+    _assign_splits(items, "msp_podcast", test_speakers, validation_speakers, None)
     features = _features("msp_podcast", {"gender": Value("string")})
     return _build(items, problems, features, desc="msp-podcast", skip_bad=skip_bad, report=report)
 
@@ -505,47 +664,59 @@ def prepare_msp_podcast(root: str | Path, *, skip_bad: bool = False,
 # --------------------------------------------------------------------------- command line
 
 
-def _actors(text: str) -> tuple[int, ...]:
-    """``"1,2,3"`` -> (1, 2, 3)."""
-    try:
-        return tuple(int(a) for a in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected actor numbers separated by commas, got {text!r}") from None
+def _speakers(text: str) -> tuple[str, ...]:
+    """``"03,08"`` -> ("03", "08"): speakers as the corpus names them (``splits.speaker_id``: RAVDESS actor numbers
+    too)."""
+    speakers = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not speakers:
+        raise argparse.ArgumentTypeError(f"expected speakers separated by commas, got {text!r}")
+    return speakers
+
+
+CORPUS_NAMES = {"ravdess": "ravdess", "emodb": "emodb", "savee": "savee", "tess": "tess", "crema-d": "crema_d",
+                "iemocap": "iemocap", "msp-podcast": "msp_podcast", "synthetic": "synthetic"}  # command -> corpus
 
 
 def _prepare(args: argparse.Namespace, report: Path | None) -> DatasetDict:
     """The corpus the command line asks for."""
     if args.corpus == "synthetic":
         return synthetic.make_synthetic(n_speakers=args.speakers, per_class=args.per_class, seed=args.seed)
+    speakers = {"test_speakers": args.test_speakers, "validation_speakers": args.validation_speakers}
+    bad = {"skip_bad": args.skip_bad, "report": report}
     if args.corpus == "ravdess":
-        return prepare_ravdess(args.raw_dir, test_actors=args.test_actors, validation_actors=args.validation_actors,
-                               fold=args.fold, vocal_channel=args.vocal_channel, skip_bad=args.skip_bad, report=report)
+        return prepare_ravdess(args.raw_dir, **speakers, fold=args.fold, vocal_channel=args.vocal_channel, **bad)
     if args.corpus == "iemocap":
-        return prepare_iemocap(args.raw_dir, test_session=args.test_session, skip_bad=args.skip_bad, report=report)
-    return prepare_msp_podcast(args.raw_dir, skip_bad=args.skip_bad, report=report)
+        return prepare_iemocap(args.raw_dir, test_session=args.test_session, **speakers, **bad)
+    if args.corpus == "msp-podcast":
+        return prepare_msp_podcast(args.raw_dir, **speakers, **bad)
+    if args.corpus == "tess":
+        return prepare_tess(args.raw_dir, **speakers, **bad)
+    prepare_fn = {"emodb": prepare_emodb, "savee": prepare_savee, "crema-d": prepare_crema_d}[args.corpus]
+    return prepare_fn(args.raw_dir, **speakers, fold=args.fold, **bad)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = cli.ArgumentParser(prog="prepare.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("corpus", choices=["ravdess", "iemocap", "msp-podcast", "synthetic"])
+    parser.add_argument("corpus", choices=list(CORPUS_NAMES))
     parser.add_argument("raw_dir", nargs="?", type=Path, help="the raw corpus (not for synthetic)")
     parser.add_argument("out_dir", type=Path, help="where save_to_disk writes the DatasetDict")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the result to the Hub")
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave bad items out and list them in OUT_DIR.skipped.tsv")
-    parser.add_argument("--test-actors", type=_actors, default=(), metavar="1,2,3",
-                        help="RAVDESS: the test actors of a speaker-independent split (the rest train)")
-    parser.add_argument("--validation-actors", type=_actors, default=(), metavar="4,5",
-                        help="RAVDESS: its validation actors")
-    parser.add_argument("--fold", type=int, choices=sorted(EMOBOX_FOLDS), default=None,
-                        help="ravdess: EmoBox's speaker-independent fold K (prepare.emobox_fold)")
+    parser.add_argument("--test-speakers", "--test-actors", dest="test_speakers", type=_speakers, default=(),
+                        metavar="A,B", help="the test speakers of a speaker-independent split, as the corpus names "
+                                            "them (RAVDESS: actor numbers; --test-actors is the same); the rest train")
+    parser.add_argument("--validation-speakers", "--validation-actors", dest="validation_speakers", type=_speakers,
+                        default=(), metavar="C", help="its validation speakers")
+    parser.add_argument("--fold", type=int, default=None,
+                        help="ravdess, emodb, savee, crema-d: the speaker-independent fold K (splits.fold_speakers)")
     parser.add_argument("--vocal-channel", choices=VOCAL_CHANNELS, default="speech",
                         help="ravdess: which clips (default speech, the benchmark's 1,440)")
     parser.add_argument("--test-session", type=int, default=5, help="IEMOCAP's test session (default 5)")
     parser.add_argument("--all-folds", action="store_true",
-                        help="ravdess, iemocap: every fold of the literature's protocol under OUT_DIR/<fold>, the "
-                             "audio stored once (prepare.save_folds): EmoBox's six, leave-one-session-out")
+                        help="ravdess, emodb, savee, crema-d, iemocap: every fold of the protocol under "
+                             "OUT_DIR/<fold>, the audio stored once (prepare.save_folds)")
     parser.add_argument("--flac16k", action="store_true",
                         help="store the audio decoded to 16 kHz mono FLAC instead of the original files: faster "
                              "loading of 44.1/48 kHz corpora (see to_16k_flac)")
@@ -553,10 +724,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--speakers", type=int, default=20, help="synthetic: number of speakers")
     parser.add_argument("--per-class", type=int, default=6, help="synthetic: clips per class per speaker")
     args = parser.parse_args(argv)
+    corpus = CORPUS_NAMES[args.corpus]
     if (args.corpus == "synthetic") != (args.raw_dir is None):
         parser.error("synthetic takes only OUT_DIR" if args.raw_dir else f"{args.corpus} needs RAW_DIR OUT_DIR")
-    if args.all_folds and (args.corpus not in ("ravdess", "iemocap") or args.fold or args.test_actors):
-        parser.error("--all-folds is for ravdess and iemocap, without --fold or actor lists")
+    if args.fold is not None and corpus not in splits.FOLDS:
+        parser.error(f"--fold is for {', '.join(n for n, c in CORPUS_NAMES.items() if c in splits.FOLDS)}")
+    if args.all_folds and (corpus not in (*splits.FOLDS, "iemocap") or args.fold or args.test_speakers
+                           or args.validation_speakers):
+        parser.error("--all-folds is for ravdess, emodb, savee, crema-d and iemocap, without --fold or speaker lists")
     return args
 
 
@@ -573,7 +748,7 @@ def _main(argv: list[str]) -> int:
     if args.flac16k:
         dsd = to_16k_flac(dsd)
     if args.all_folds:
-        for name, splits in save_folds(dsd, args.corpus, args.out_dir).items():
+        for name, splits in save_folds(dsd, CORPUS_NAMES[args.corpus], args.out_dir).items():
             print(f"{args.out_dir / name}: " + ", ".join(f"{s} {len(rows)} rows" for s, rows in splits.items()))
         return 0
     save(dsd, args.out_dir)

@@ -8,6 +8,7 @@ the project: what it draws is handed to it.
     report.plot_confusion(result["test"]["confusion"], label_names)
     report.plot_layer_weights(net.layer_weights())   which encoder layers the embedding draws on
     report.plot_embeddings(evaluate.embed(cfg, "test"), label_names)
+    report.plot_score_matrix(ua, text)           a train corpus x test corpus matrix (bench/cross_corpus.py)
 """
 
 from __future__ import annotations
@@ -86,6 +87,23 @@ def plot_confusion(confusion: list[list[int]], label_names: list[str], title: st
     ax.set(xticks=range(len(used)), yticks=range(len(used)), xticklabels=names, yticklabels=names,
            xlabel="predicted", ylabel="true", title=title)
     plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_score_matrix(scores: pd.DataFrame, text: pd.DataFrame | None = None, title: str = "UA",
+                      path: str | Path | None = None) -> Figure:
+    """A heatmap of ``scores`` (rows: the corpus trained on, columns: the corpus scored; values 0-1, NaN blank),
+    each cell written as ``text`` says (default: the value)."""
+    values = scores.to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(2.2 * values.shape[1] + 2, 1.2 * values.shape[0] + 1.5))
+    ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=1)
+    for (i, j), v in np.ndenumerate(values):
+        if not math.isnan(v):
+            label = text.iat[i, j] if text is not None else f"{v:.3f}"
+            ax.text(j, i, label, ha="center", va="center", color="black" if v > 0.6 else "white", fontsize=9)
+    ax.set(xticks=range(values.shape[1]), yticks=range(values.shape[0]), xticklabels=list(scores.columns),
+           yticklabels=list(scores.index), xlabel="scored on", ylabel="trained on", title=title)
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -406,6 +406,7 @@ def fit(cfg: Config) -> dict:
 
     splits = {s: cfg.corpus(s) for s in data.SPLITS}
     net = build_model(cfg, splits["train"], device)
+    trained = [net.config.labels[i] for i in sorted(set(splits["train"]["emotion"]))]  # the classes it learns
     train_loader, evals = build_loaders(cfg, splits, device, process, net.config.n_mels)
     epochs = cfg.epochs if cfg.trains else 0
     optimizer = build_optimizer(cfg, net)
@@ -438,7 +439,7 @@ def fit(cfg: Config) -> dict:
                 evaluate.fold_probe(net, scored.probe)
             if process.main:
                 checkpoint.save_model(net, best, extra={"epoch": epoch, "seed": cfg.seed, "objective": cfg.objective,
-                                                        "val": val})
+                                                        "val": val, "trained": trained})
         return val
 
     for epoch in range(progress.epoch, epochs):

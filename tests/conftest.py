@@ -61,6 +61,50 @@ def ravdess_dir() -> Path:
     return Path(path)
 
 
+@pytest.fixture(scope="session")
+def emodb_dir() -> Path:
+    """The real EmoDB in its published layout (env EMODB_DIR, e.g. ../shared/emodb: wav/SSTTTEv.wav); skips when it
+    is absent."""
+    path = os.environ.get("EMODB_DIR", "")
+    if not path or not Path(path).is_dir():
+        pytest.skip("real EmoDB not available: set EMODB_DIR to an EmoDB folder (wav/03a01Fa.wav, ...)")
+    return Path(path)
+
+
+@dataclasses.dataclass
+class Done:
+    """What a command-line run returned and printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """prepare.py's command line, in process: ``run_cli(*args)`` -> Done."""
+    import prepare
+
+    def run(*args: str) -> Done:
+        try:
+            code = prepare.main(list(args))
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+        out = capsys.readouterr()
+        return Done(code, out.out, out.err)
+
+    return run
+
+
+def write_wav(path: Path, seconds: float, rate: int, seed: int = 0, subtype: str = "PCM_16", fmt: str = "WAV") -> Path:
+    """A tone with a little noise, written to ``path`` (folders made) as ``fmt`` data whatever its name says."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * rate)) / rate
+    noise = np.random.default_rng(seed).standard_normal(len(t))
+    sf.write(path, 0.3 * np.sin(2 * np.pi * 220 * t) + 0.01 * noise, rate, subtype=subtype, format=fmt)
+    return path
+
+
 # A speech-like sound defined in continuous time (so it can be sampled at any rate): two gliding harmonic
 # tones under a floor of 300 weak random partials, everything below 7 kHz.
 _RNG = np.random.default_rng(0)

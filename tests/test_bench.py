@@ -3,16 +3,19 @@ own counter, rows added to BENCHMARKS.md tables, and ``make gpu-check`` refusing
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, write_wav
+from test_corpora import make_emodb
 from torch.utils.flop_counter import FlopCounterMode
 from whisper.model import MultiHeadAttention
 
 import checkpoint
+from bench import cross_corpus
 from bench.common import record
 from bench.throughput import encoder_flops, settings
 
@@ -65,3 +68,32 @@ def test_make_gpu_check_without_a_gpu_says_so_and_fails():
     assert proc.returncode != 0
     assert "make gpu-check: needs an NVIDIA GPU" in proc.stderr.splitlines()[0]
     assert "bench/throughput.py" in proc.stdout and "-m cuda" in proc.stdout  # what it would run
+
+
+@pytest.mark.e2e
+def test_cross_corpus_trains_per_corpus_and_scores_every_pair(tmp_path, monkeypatch, capsys):
+    """bench/cross_corpus.py on replicas of RAVDESS (actors 01-12) and EmoDB, a tiny random model: a model per
+    corpus, its matrices (the diagonal on its own test speakers), the heatmaps, a BENCHMARKS row per model, and
+    the paired difference to a reference (itself: zero)."""
+    for actor in range(1, 13):
+        for emotion in range(1, 9):
+            write_wav(tmp_path / "ravdess" / f"Actor_{actor:02d}" / f"03-01-0{emotion}-01-01-01-{actor:02d}.wav", 0.4,
+                      48000, seed=actor * 10 + emotion)
+    make_emodb(tmp_path / "emodb")
+    rows = []
+    monkeypatch.setattr(cross_corpus, "record", lambda section, row: rows.append((section, row)))
+    cross_corpus.main(["--name", "smoke", "--raw", f"ravdess={tmp_path / 'ravdess'}", f"emodb={tmp_path / 'emodb'}",
+                       "--data-dir", str(tmp_path / "prepared"), "--runs-dir", str(tmp_path / "runs"),
+                       "--whisper", "random:tiny", "--reference", "smoke", "--", "--epochs", "1", "--n-frames", "100",
+                       "--batch-size", "16", "--num-workers", "0", "--device", "cpu", "--freeze", "top:1"])
+    scores = json.loads((tmp_path / "runs" / "smoke" / "scores.json").read_text())
+    shared, four = scores["shared classes"], scores["4 classes"]
+    assert shared["ravdess"]["ravdess"]["n"] == 24  # the diagonal: actors 1-3, RAVDESS's fold 1 test
+    assert shared["ravdess"]["emodb"]["classes"] == ["neutral", "happy", "sad", "angry", "fearful", "disgusted"]
+    assert shared["ravdess"]["emodb"]["left_out"] == {"boredom": 10} and shared["ravdess"]["emodb"]["n"] == 60
+    assert not {"calm", "surprised"} & set(shared["emodb"]["ravdess"]["classes"])  # EmoDB has neither
+    assert all(m["classes"] == ["neutral", "happy", "sad", "angry"] for row in four.values() for m in row.values())
+    assert {p.name for p in (tmp_path / "runs" / "smoke").glob("*.png")} == {"shared_classes.png", "4_classes.png"}
+    assert [row["trained on"] for _, row in rows] == ["ravdess", "emodb"]
+    assert rows[0][1]["on emodb: UA − smoke [95% CI], p: shared; 4 classes"].startswith("0.00 [0.00, 0.00], p = 1.00")
+    assert "4 classes: UA [95% CI]" in capsys.readouterr().out

@@ -4,30 +4,22 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import check_schema, speakers_disjoint
+from conftest import check_schema, speakers_disjoint, write_wav
 from datasets import DatasetDict, Value, load_from_disk
 
 import prepare
+import splits
 import synthetic
 from audio import decode_audio
 from data import LoaderOptions, load_corpus, make_loader
 from labels import label_names
 from prepare import BadInputError
-
-
-def write_wav(path: Path, seconds: float, rate: int, seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    t = np.arange(int(seconds * rate)) / rate
-    noise = np.random.default_rng(seed).standard_normal(len(t))
-    sf.write(path, 0.3 * np.sin(2 * np.pi * 220 * t) + 0.01 * noise, rate, subtype="PCM_16")
-    return path
 
 
 def check_audio_is_original(dsd: DatasetDict, root: Path) -> None:
@@ -93,21 +85,22 @@ def test_ravdess_published_zip_layout(tmp_path):
 
 
 def test_ravdess_split_by_actor():
-    assert [prepare.ravdess_split(a) for a in (1, 18, 19, 20, 21, 24)] == [
+    assert [splits.ravdess_split(a) for a in (1, 18, 19, 20, 21, 24)] == [
         "train", "train", "validation", "validation", "test", "test"]
-    assert [prepare.ravdess_split(a, (2, 24), (1,)) for a in (1, 2, 3, 24)] == [
-        "validation", "test", "train", "test"]
 
 
 def test_ravdess_any_speaker_independent_split(tmp_path):
     root = make_ravdess(tmp_path / "RAVDESS")  # actors 01, 02, 19, 20, 21, 24
-    dsd = prepare.prepare_ravdess(root, test_actors=[1, 24], validation_actors=[19], vocal_channel="both")
+    dsd = prepare.prepare_ravdess(root, test_speakers=[1, 24], validation_speakers=["Actor_19"], vocal_channel="both")
     assert {s: sorted(set(d["speaker"])) for s, d in dsd.items()} == {
         "train": ["Actor_02", "Actor_20", "Actor_21"], "validation": ["Actor_19"], "test": ["Actor_01", "Actor_24"]}
-    with pytest.raises(ValueError, match=r"the validation split would be empty.*actors found \[1, 2, 19, 20, 21, 24\]"):
-        prepare.prepare_ravdess(root, test_actors=[1], validation_actors=[13], vocal_channel="both")
-    with pytest.raises(ValueError, match=r"actors \[2\] are in both"):
-        prepare.prepare_ravdess(root, test_actors=[1, 2], validation_actors=[2])
+    with pytest.raises(ValueError, match=r"unknown speaker\(s\) \['Actor_13'\].*speakers are \['Actor_01', "):
+        prepare.prepare_ravdess(root, test_speakers=[1], validation_speakers=[13], vocal_channel="both")
+    with pytest.raises(ValueError, match=r"the train split would be empty.*speakers found \['Actor_01', "
+                                         r"'Actor_19', 'Actor_20', 'Actor_21'\]"):  # speech: Actor_02 sings only
+        prepare.prepare_ravdess(root, test_speakers=[1], validation_speakers=[19, 20, 21])
+    with pytest.raises(ValueError, match=r"speakers \['Actor_02'\] are in both"):
+        prepare.prepare_ravdess(root, test_speakers=[1, 2], validation_speakers=[2], vocal_channel="both")
 
 
 def test_ravdess_is_speech_unless_asked(tmp_path, capsys):
@@ -134,19 +127,20 @@ def test_ravdess_unpacked_twice_is_refused_naming_both_files(tmp_path):
 
 def test_ravdess_emobox_folds():
     actors = set(range(1, 25))
-    tests = [prepare.emobox_fold(k)[0] for k in range(1, 7)]
+    tests = [splits.emobox_fold(k)[0] for k in range(1, 7)]
     assert tests == [(1, 11, 20, 21), (4, 10, 12, 14), (8, 9, 19, 23), (3, 5, 7, 24), (2, 15, 16, 18),
                      (6, 13, 17, 22)]
     assert sorted(a for t in tests for a in t) == sorted(actors)  # every actor tested once
     for k in range(1, 7):
-        test, validation = prepare.emobox_fold(k)
+        test, validation = splits.emobox_fold(k)
         train = actors - set(test) - set(validation)
         assert len(validation) == 2 and {a % 2 for a in validation} == {0, 1}  # one male, one female
         assert not set(validation) & set(test) and len(train) == 18
-        assert {prepare.ravdess_split(a, test, validation) for a in test} == {"test"}
-    assert len({prepare.emobox_fold(k)[1] for k in range(1, 7)}) == 6
+        assert splits.fold_speakers("ravdess", k) == (tuple(f"Actor_{a:02d}" for a in test),
+                                                       tuple(f"Actor_{a:02d}" for a in validation))
+    assert len({splits.emobox_fold(k)[1] for k in range(1, 7)}) == 6
     with pytest.raises(ValueError, match="fold must be one of"):
-        prepare.emobox_fold(7)
+        splits.emobox_fold(7)
 
 
 def test_ravdess_fold_prepares_its_actors(tmp_path, run_cli):
@@ -160,7 +154,7 @@ def test_ravdess_fold_prepares_its_actors(tmp_path, run_cli):
     assert {s: sorted(set(d["speaker"])) for s, d in dsd.items()} == {
         "train": ["Actor_19", "Actor_24"], "validation": ["Actor_02"], "test": ["Actor_01", "Actor_20", "Actor_21"]}
     done = run_cli("ravdess", str(root), str(out), "--fold", "1", "--test-actors", "5")
-    assert done.returncode == 1 and "either fold or test_actors" in done.stderr
+    assert done.returncode == 1 and "either a fold or test/validation speakers" in done.stderr
 
 
 def test_real_ravdess_speech(ravdess_dir, run_cli, tmp_path):
@@ -253,7 +247,7 @@ def test_iemocap_leave_one_session_out(tmp_path):
         others = {1, 2, 3} - {test_session}
         assert set(dsd["train"]["session"]) | set(dsd["validation"]["session"]) == others  # the other sessions
         assert speakers_disjoint(dsd)
-    assert [prepare.iemocap_validation_speaker(s, [1, 2, 3, 4, 5]) for s in range(1, 6)] == [
+    assert [splits.iemocap_validation_speaker(s, [1, 2, 3, 4, 5]) for s in range(1, 6)] == [
         "Ses05F", "Ses01M", "Ses02F", "Ses03M", "Ses04F"]
     with pytest.raises(ValueError, match="test session 4 is not among the sessions found"):
         prepare.prepare_iemocap(root, test_session=4)
@@ -442,28 +436,6 @@ def test_measure():
 # --------------------------------------------------------------------------- command line
 
 
-@dataclass
-class Done:
-    """What a command-line run of prepare.py returned and printed."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def run_cli(capsys):
-    """prepare.py's command line, in process: ``run_cli(*args)`` -> Done."""
-    def run(*args: str) -> Done:
-        try:
-            code = prepare.main(list(args))
-        except SystemExit as e:  # argparse's usage errors
-            code = e.code
-        out = capsys.readouterr()
-        return Done(code, out.out, out.err)
-
-    return run
-
 
 def test_cli_synthetic(tmp_path, run_cli):
     out = tmp_path / "synthetic"
@@ -506,11 +478,13 @@ def test_cli_ravdess_actor_split(tmp_path, run_cli):
     root = make_ravdess(tmp_path / "RAVDESS")
     out = tmp_path / "fold"
     done = run_cli("ravdess", str(root), str(out), "--test-actors", "1,24", "--validation-actors", "19")
+    assert done.returncode == 1 and "unknown speaker(s) ['Actor_24']" in done.stderr  # 24 only sings
+    done = run_cli("ravdess", str(root), str(out), "--test-speakers", "Actor_01,21", "--validation-actors", "19")
     assert done.returncode == 0, done.stderr
-    assert "train: 2 rows\nvalidation: 1 rows\ntest: 2 rows\n" in done.stdout  # the song clips of 02, 24 left out
+    assert "train: 1 rows\nvalidation: 1 rows\ntest: 3 rows\n" in done.stdout  # the song clips of 02, 24 left out
     assert "ravdess: left out 2 song clips" in done.stderr
     done = run_cli("ravdess", str(root), str(out), "--test-actors", "1,x")
-    assert done.returncode == 2 and "actor numbers separated by commas" in done.stderr
+    assert done.returncode == 1 and "unknown speaker(s) ['x']" in done.stderr
 
 
 def test_flac16k_stores_what_the_loader_would_decode(tmp_path, run_cli):
@@ -520,9 +494,9 @@ def test_flac16k_stores_what_the_loader_would_decode(tmp_path, run_cli):
     t = np.arange(48000) / 48000
     stereo = np.stack([0.3 * np.sin(2 * np.pi * 300 * t), 0.3 * np.sin(2 * np.pi * 12000 * t)], axis=1)
     sf.write(next(root.glob("Actor_01/*.wav")), stereo, 48000, subtype="PCM_16")
-    original = prepare.prepare_ravdess(root, test_actors=(1, 2), validation_actors=(19, 20))
+    original = prepare.prepare_ravdess(root, test_speakers=(1, 21), validation_speakers=(19,))
     out = tmp_path / "flac"
-    done = run_cli("ravdess", str(root), str(out), "--test-actors", "1,2", "--validation-actors", "19,20",
+    done = run_cli("ravdess", str(root), str(out), "--test-actors", "1,21", "--validation-actors", "19",
                    "--flac16k")
     assert done.returncode == 0, done.stderr
     converted = load_from_disk(str(out))
@@ -558,7 +532,7 @@ def test_all_folds_share_one_copy_of_the_audio(tmp_path, run_cli):
     assert f"{out / 'fold_1'}: train 18 rows, validation 2 rows, test 4 rows" in done.stdout
     for k in range(1, 7):
         assert [p.name for p in (out / f"fold_{k}").iterdir()] == ["fold.json"]  # no audio of its own
-        test, validation = prepare.emobox_fold(k)
+        test, validation = splits.emobox_fold(k)
         for split, actors in (("test", test), ("validation", validation)):
             ds = load_corpus(out / f"fold_{k}", split)
             assert sorted(int(s[-2:]) for s in ds["speaker"]) == sorted(actors)
@@ -571,4 +545,4 @@ def test_all_folds_share_one_copy_of_the_audio(tmp_path, run_cli):
     for n in (1, 2, 3):
         assert set(load_corpus(tmp_path / "iem" / f"test_session_{n}", "test")["session"]) == {n}
     done = run_cli("ravdess", str(root), str(out), "--all-folds", "--fold", "2")
-    assert done.returncode == 2 and "--all-folds is for ravdess and iemocap" in done.stderr
+    assert done.returncode == 2 and "--all-folds is for ravdess, emodb, savee, crema-d and iemocap" in done.stderr
