@@ -231,7 +231,8 @@ def _vad(values: list[str], corpus: str) -> list[float]:
 
 
 def _assign_splits(items: list[_Item], corpus: str, test_speakers: Collection[str | int],
-                   validation_speakers: Collection[str | int], fold: int | None, default_fold: int | None = None) -> None:
+                   validation_speakers: Collection[str | int], fold: int | None,
+                   default_fold: int | None = None) -> None:
     """Each item's split (``splits.assign``); without speakers or a fold, ``default_fold``'s, or with None the
     split each item has."""
     if fold is None and not test_speakers and not validation_speakers:
