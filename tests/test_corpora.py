@@ -228,6 +228,8 @@ def test_crema_d_bad_input(tmp_path):
     (root / "VideoDemographics.csv").unlink()
     with pytest.raises(FileNotFoundError, match=r"VideoDemographics.csv: CREMA-D's table of actors"):
         prepare.prepare_crema_d(root)
+    with pytest.raises(FileNotFoundError, match=r"is not a CREMA-D directory: expected AudioWAV/ACTOR_SENTENCE"):
+        prepare.prepare_crema_d(root / "AudioWAV")
 
 
 # --------------------------------------------------------------------------- the command line
