@@ -148,9 +148,19 @@ def corpus_table(splits: dict) -> pd.DataFrame:
 
 
 def metrics_table(results: dict[str, dict]) -> pd.DataFrame:
-    """A pandas DataFrame of scalar metrics, one row per split (or run)."""
-    return pd.DataFrame({name: {k: v for k, v in m.items() if not isinstance(v, list)}
-                         for name, m in results.items()}).T
+    """A pandas DataFrame of scalar metrics, one row per split (or run), each metric's 95 % interval (``ua_ci``:
+    [lo, hi]) beside it as ``[lo, hi]``."""
+    def row(m: dict) -> dict:
+        out = {}
+        for k, v in m.items():
+            if not isinstance(v, list):
+                out[k] = v
+                if isinstance(m.get(f"{k}_ci"), list):
+                    lo, hi = m[f"{k}_ci"]
+                    out[f"{k} 95% CI"] = "" if math.isnan(lo) else f"[{lo:.3f}, {hi:.3f}]"
+        return out
+
+    return pd.DataFrame({name: row(m) for name, m in results.items()}).T
 
 
 def plot_batch(batch: dict[str, torch.Tensor], label_names: Sequence[str], n: int = 4) -> Figure:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import matplotlib
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import random_model
 
@@ -46,3 +47,19 @@ def test_corpus_table(synthetic_dir):
     table = report.corpus_table(splits)
     assert table.loc["speakers"].tolist() == [4, 1] and table["train"][:4].sum() == len(splits["train"])
     assert table.loc["classes"].tolist() == [4, 4]
+
+
+def test_metrics_table_writes_each_interval_beside_its_metric():
+    results = {"test": {"ua": 0.7, "ua_ci": [0.6, 0.8], "wa": 0.75, "wa_ci": [float("nan")] * 2, "n": 10,
+                        "confusion": [[1]]},
+               "validation": {"ua": 0.5, "n": 4, "confusion": [[1]]}}
+    table = report.metrics_table(results)
+    assert table.loc["test", "ua 95% CI"] == "[0.600, 0.800]" and table.loc["test", "wa 95% CI"] == ""
+    assert table.loc["test", "ua"] == 0.7 and "confusion" not in table.columns
+
+
+def test_plot_score_matrix():
+    ua = pd.DataFrame({"ravdess": {"ravdess": 0.8, "emodb": 0.4}, "emodb": {"ravdess": 0.5, "emodb": float("nan")}})
+    fig = report.plot_score_matrix(ua, title="UA")
+    texts = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert texts == ["0.400", "0.500", "0.800"]  # the NaN cell is blank
