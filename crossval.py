@@ -55,14 +55,15 @@ def fold_configs(cfg: Config) -> dict[str, Config]:
 def run(cfg: Config, fit: Callable[[Config], dict]) -> dict[str, dict]:
     """``fit`` (``train.fit``) once per fold of ``cfg.folds`` (``fold_configs``); returns fold name -> its result
     with the fold's ``data``, ``test_speakers``, ``minutes`` (wall clock) and ``predictions`` (the run's
-    ``evaluate.PREDICTIONS`` table) added."""
+    ``evaluate.PREDICTIONS`` table; None on ranks but the first, which writes it) added."""
     results = {}
     for name, fold in fold_configs(cfg).items():
         start = time.perf_counter()
         result = fit(fold)
         results[name] = {**result, "data": fold.data, "test_speakers": sorted(set(fold.corpus("test")["speaker"])),
                          "minutes": (time.perf_counter() - start) / 60,
-                         "predictions": pd.read_csv(Path(fold.run_dir) / PREDICTIONS, dtype=str)}
+                         "predictions": pd.read_csv(Path(fold.run_dir) / PREDICTIONS, dtype=str)  # rank 0 wrote it
+                         if distributed.is_main() else None}
     return results
 
 
