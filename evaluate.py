@@ -313,7 +313,7 @@ def score_corpus(net: EmotionModel, ds: datasets.Dataset, options: data.LoaderOp
     the classes of ``ds``'s rows and the model's ``trained`` classes (a checkpoint's ``extra["trained"]``: the
     labels its training split had rows of; None: all its labels).
 
-    Rows of classes the model lacks are left out (counted in ``left_out`` and on stderr); the model's scores for
+    Rows of other classes are left out (counted in ``left_out`` and on stderr); the model's scores for
     classes the corpus lacks take no part: the prediction is the most probable shared class (with ``four_class``
     the probabilities of the model's classes that reduce to one class are added). Returns the metrics
     (``classification_metrics`` with speaker-bootstrap intervals, ``classes``: the shared classes in order,
@@ -330,7 +330,8 @@ def score_corpus(net: EmotionModel, ds: datasets.Dataset, options: data.LoaderOp
     keep = np.array([corpus.get(n) in shared for n in row_names], dtype=bool)
     left_out = {str(n): int(c) for n, c in zip(*np.unique(row_names[~keep], return_counts=True), strict=True)}
     if left_out:
-        print(f"{name}: left out {int((~keep).sum())} of {len(ds)} rows, of classes the checkpoint lacks: {left_out}",
+        why = "outside the four or not learnt by the checkpoint" if four_class else "the checkpoint did not learn"
+        print(f"{name}: left out {int((~keep).sum())} of {len(ds)} rows, of classes {why}: {left_out}",
               file=sys.stderr)
     pred = predict_split(net, data.make_loader(ds.select(np.flatnonzero(keep)), options, device=runtime.device),
                          runtime)
