@@ -32,8 +32,8 @@ def errors(proc: subprocess.CompletedProcess) -> list[str]:
     ("train.py", ["--objective", "supcon", "--vad-weight", "0.5"], 2,
      "train.py: error: vad_weight=0.5 does nothing for objective 'supcon'"),
     ("prepare.py", ["ravdess", "/nonexistent", "/tmp/out"], 1,
-     "prepare.py: error: no Actor_XX/*.wav under /nonexistent: not a RAVDESS directory"),
-    ("prepare.py", ["savee", "raw", "out"], 2, "prepare.py: error: argument corpus: invalid choice: 'savee'"),
+     "prepare.py: error: /nonexistent is not a RAVDESS directory: expected Actor_XX/"),
+    ("prepare.py", ["shemo", "raw", "out"], 2, "prepare.py: error: argument corpus: invalid choice: 'shemo'"),
     ("predict.py", ["--checkpoint", "/nonexistent.pt", "clip.wav"], 2,
      "predict.py: error: cannot load checkpoint /nonexistent.pt: model file /nonexistent.pt does not exist"),
 ])
