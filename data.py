@@ -437,7 +437,7 @@ class Loader:
 
     def __init__(self, ds: datasets.Dataset, options: LoaderOptions, *, device: str | torch.device | None = None,
                  shard_id: int = 0, num_shards: int = 1):
-        columns = ["id", "audio", "emotion", *VAD, *(["duration"] if options.windows else [])]
+        columns = ["id", "audio", "emotion", "speaker", *VAD, *(["duration"] if options.windows else [])]
         check_schema(ds, "dataset", columns)
         if not 0 <= shard_id < num_shards:
             raise ValueError(f"shard_id {shard_id} is not in [0, num_shards={num_shards})")
@@ -450,6 +450,7 @@ class Loader:
         self.epoch = 0
         meta = ds.select_columns([c for c in columns if c != "audio"]).with_format("numpy")[:]
         self.ids = [str(i) for i in meta["id"]]
+        self.speakers = np.asarray(meta["speaker"]).astype(str)
         self.emotion = np.asarray(meta["emotion"], dtype=np.int64)
         self.vad = vad_ratings(meta)
         # The items an epoch visits: the row of each, and with windows its window's start (16 kHz samples).

@@ -98,12 +98,13 @@ def paired_difference(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray
     (K classes present, n_c rows of class c), so UA_a - UA_b = sum_s (A_s - B_s) over speakers s with
     A_s = sum_{i in s} w_i [pred_a,i = y_i]; under the null that the systems are exchangeable, each speaker's A_s and
     B_s may be swapped (``scipy.stats.permutation_test``, ``permutation_type="samples"``: exact for up to 13
-    speakers). Returns ``difference``, ``ci`` (lo, hi), ``p``, ``speakers`` and ``n``."""
+    speakers). Returns ``ua_a``, ``ua_b``, ``difference``, ``ci`` (lo, hi), ``p``, ``speakers`` and ``n``."""
     y_true, pred_a, pred_b = (np.asarray(a) for a in (y_true, pred_a, pred_b))
     a = speaker_confusions(y_true, pred_a, speakers, n_classes)
     b = speaker_confusions(y_true, pred_b, speakers, n_classes)
-    difference = float(confusion_metrics(a.sum(0))["ua"] - confusion_metrics(b.sum(0))["ua"])
-    out = {"difference": difference, "ci": (float("nan"), float("nan")), "p": float("nan"),
+    ua_a, ua_b = (float(confusion_metrics(cm.sum(0))["ua"]) for cm in (a, b))
+    difference = ua_a - ua_b
+    out = {"ua_a": ua_a, "ua_b": ua_b, "difference": difference, "ci": (float("nan"), float("nan")), "p": float("nan"),
            "speakers": len(a), "n": int(len(y_true))}
     if len(a) < 2:
         return out
