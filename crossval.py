@@ -70,8 +70,9 @@ def run(cfg: Config, fit: Callable[[Config], dict]) -> dict[str, dict]:
 def pooled(results: Mapping[str, dict], split: str = "test", seed: int = 0) -> dict:
     """UA, WA and macro-F1 of every fold's ``split`` rows scored together (the folds' test speakers are disjoint),
     each with its 95 % speaker-bootstrap interval (``<metric>_ci``), and ``n``, ``speakers``; from the results'
-    ``predictions``. A speaker is a fold's speaker (two folds' ``spk01`` are two speakers)."""
-    rows = pd.concat([r["predictions"][r["predictions"]["split"] == split].assign(fold=name)
+    ``predictions``. A speaker is a fold's speaker: two folds' ``spk01`` are two speakers, while seeds of one fold
+    (``seed0/fold1``, ``seed1/fold1``: the last part of the name is the fold) share theirs, and resample together."""
+    rows = pd.concat([r["predictions"][r["predictions"]["split"] == split].assign(fold=Path(name).name)
                       for name, r in results.items()])
     names = sorted(set(rows["emotion"]) | set(rows["prediction"]))
     y_true, y_pred = (rows[c].map(names.index).to_numpy() for c in ("emotion", "prediction"))

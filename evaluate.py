@@ -357,37 +357,57 @@ def corpus_rows(path: str, split: str) -> datasets.Dataset:
 
 
 def run_predictions(run_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """The ``PREDICTIONS`` of a run (name "") or of a cross-validation (each fold's folder name) -> tables."""
+    """The ``PREDICTIONS`` of a run (name ""), of a cross-validation (each fold's folder name: ``fold1``) or of
+    several seeds of one (``seed0/fold1``, as ``bench/folds.py --seeds`` writes them) -> tables."""
     run_dir = Path(run_dir)
     if (run_dir / PREDICTIONS).is_file():
         return {"": pd.read_csv(run_dir / PREDICTIONS, dtype=str)}
-    folds = {p.parent.name: pd.read_csv(p, dtype=str) for p in sorted(run_dir.glob(f"*/{PREDICTIONS}"))}
-    if not folds:
+    found = sorted(run_dir.glob(f"*/{PREDICTIONS}")) or sorted(run_dir.glob(f"seed*/*/{PREDICTIONS}"))
+    if not found:
         raise FileNotFoundError(f"{run_dir}: no {PREDICTIONS} (a finished train.py run) and no fold folders holding "
-                                "one (a cross-validation)")
-    return folds
+                                "one (a cross-validation, or seed folders of fold folders)")
+    return {p.parent.relative_to(run_dir).as_posix(): pd.read_csv(p, dtype=str) for p in found}
+
+
+def _partner(key: str, other: Mapping[str, pd.DataFrame], where: str) -> str:
+    """The key of ``other`` that the run ``key`` (``fold1`` or ``seed0/fold1``) is paired with: the same key, else
+    the only run of ``other`` on the same fold (a probe run once, compared with a recipe's seeds)."""
+    if key in other:
+        return key
+    same_fold = [k for k in other if Path(k).name == Path(key).name]
+    if len(same_fold) != 1:
+        raise ValueError(f"{where} holds {sorted(other)}: nothing to pair {key!r} with (the same seed and fold, or "
+                         "a single run of the fold)")
+    return same_fold[0]
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path, split: str = "test", seed: int = 0) -> pd.DataFrame:
     """UA of run a minus UA of run b on the same rows of ``split`` (``stats.paired_difference``): a row per fold of
     a cross-validation (matched by folder name) and, with several, the folds pooled (a speaker is a fold's
-    speaker). Columns ``ua_a``, ``ua_b``, ``difference``, ``ci_low``, ``ci_high``, ``p``, ``speakers``, ``n``.
+    speaker). Seeds of a cross-validation (``run_predictions``) are paired seed by seed, or each with the single
+    run of ``run_b``, and pooled into their fold's row: a speaker's utterances under every seed resample together.
+    Columns ``ua_a``, ``ua_b``, ``difference``, ``ci_low``, ``ci_high``, ``p``, ``speakers``, ``n``, ``seeds``.
     Runs whose folds or rows differ are a ValueError saying how."""
     a, b = run_predictions(run_a), run_predictions(run_b)
-    if set(a) != set(b):
-        raise ValueError(f"{run_a} and {run_b} hold different folds: {sorted(a)} and {sorted(b)}")
-    joined = {}
-    for fold in a:
-        x, y = (t[t["split"] == split].set_index("id") for t in (a[fold], b[fold]))
+    folds_a, folds_b = ({Path(k).name for k in runs} for runs in (a, b))
+    if folds_a != folds_b:
+        raise ValueError(f"{run_a} and {run_b} hold different folds: {sorted(folds_a)} and {sorted(folds_b)}")
+    joined: dict[str, list[pd.DataFrame]] = {}
+    for key in a:
+        x, y = (t[t["split"] == split].set_index("id") for t in (a[key], b[_partner(key, b, str(run_b))]))
         if set(x.index) != set(y.index) or not (x["emotion"] == y.loc[x.index, "emotion"]).all():
-            raise ValueError(f"{fold or 'the runs'}: {run_a} and {run_b} were not scored on the same {split} rows "
+            raise ValueError(f"{key or 'the runs'}: {run_a} and {run_b} were not scored on the same {split} rows "
                              f"({len(set(x.index) ^ set(y.index))} ids in one only): compare runs on the same data")
-        joined[fold] = x.assign(other=y.loc[x.index, "prediction"], fold=fold)
-    if len(joined) > 1:
-        joined["pooled"] = pd.concat(joined.values())
-    out = {fold or "run": compare_rows(rows, seed) for fold, rows in joined.items()}
+        fold = Path(key).name
+        joined.setdefault(fold, []).append(x.assign(other=y.loc[x.index, "prediction"], fold=fold))
+    seeds = {fold: len(parts) for fold, parts in joined.items()}
+    tables = {fold: pd.concat(parts) for fold, parts in joined.items()}
+    if len(tables) > 1:
+        tables["pooled"] = pd.concat(tables.values())
+        seeds["pooled"] = max(seeds.values())
+    out = {fold or "run": {**compare_rows(rows, seed), "seeds": seeds[fold]} for fold, rows in tables.items()}
     table = pd.DataFrame(out).T
-    return table.astype({"speakers": int, "n": int})
+    return table.astype({"speakers": int, "n": int, "seeds": int})
 
 
 def compare_rows(rows: pd.DataFrame, seed: int = 0) -> dict:
@@ -421,7 +441,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--four-class", action="store_true", help="score neutral, happy, sad, angry only")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results, keyed by corpus")
     parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
-                        help="the paired difference in test UA of two runs (or cross-validations) on the same rows")
+                        help="the paired difference in test UA of two runs (or cross-validations, or seeds of them) "
+                             "on the same rows")
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: the GPU if there is one)")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)

@@ -1,22 +1,24 @@
 """A training recipe on real speech: speaker-independent folds of the RAVDESS actors in ``../shared/ravdess``, or of
-EmoDB in ``../shared/emodb``.
+EmoDB in ``../shared/emodb``, over training seeds.
 
-    python bench/folds.py --name default                                   # config.Config()'s defaults
+    python bench/folds.py --name default                                   # config.Config()'s defaults, seed 0
     python bench/folds.py --name probe -- --objective probe                # the frozen encoder's linear probe
-    python bench/folds.py --name default --reference probe                 # ... and the paired difference to it
+    python bench/folds.py --name default --seeds 0 1 2 --reference probe   # three seeds, paired with the probe
+    python bench/folds.py --name base_default --whisper ../shared/whisper/base.encoder.pt   # another encoder
     python bench/folds.py --name supcon -- --objective supcon              # contrastive, then its probe
     python bench/folds.py --name supcon_ft --init-from supcon              # ... then supervised fine-tuning
     python bench/folds.py --corpus emodb --name default                    # EmoDB's five folds
 
-Everything after ``--`` is passed to ``train.py`` (``python train.py --help``); ``--folds`` and ``--run-dir`` are
-set here. RAVDESS: each fold tests on three actors, validates on two others (one male, one female: odd actors are
-male) and trains on the remaining seven (``FOLDS``); EmoDB: ``splits.fold_speakers`` (two test, two validation,
-six training speakers). Folds are prepared once under ``--folds-dir`` and run by ``crossval.run``, into
-``runs/folds/NAME/foldK`` (EmoDB: ``runs/emodb_folds/NAME/foldK``). Recipes are compared on validation UA only:
-the test columns are reported, never used to choose. Prints a table per fold, the mean ± standard deviation over
-the folds and the pooled test UA with its speaker-bootstrap interval; with ``--reference NAME`` the paired
-difference in test UA to that recipe's runs (``evaluate.compare_runs``), per fold and pooled; appends a row to
-BENCHMARKS.md.
+Everything after ``--`` is passed to ``train.py`` (``python train.py --help``); ``--folds``, ``--run-dir`` and
+``--seed`` are set here. RAVDESS: each fold tests on three actors, validates on two others (one male, one female:
+odd actors are male) and trains on the remaining seven (``FOLDS``); EmoDB: ``splits.fold_speakers`` (two test,
+two validation, six training speakers). Folds are prepared once under ``--folds-dir``; each seed of ``--seeds``
+is a cross-validation (``crossval.run``) in ``runs/folds/NAME/seedS/foldK`` (EmoDB: ``runs/emodb_folds/...``).
+Recipes are compared on validation UA only: the test columns are reported, never used to choose. Prints a table
+per seed, then the row it appends to BENCHMARKS.md: validation and test UA averaged over the folds (mean ± sd over
+the seeds) and pooled over every fold and seed with its speaker-bootstrap interval (a speaker's clips under every
+seed resample together), and with ``--reference NAME`` the paired difference in test UA to that recipe's runs
+(``evaluate.compare_runs``: seed by seed, or each seed with the reference's single seed), per fold and pooled.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 import crossval  # noqa: E402
 import data  # noqa: E402
@@ -45,9 +49,9 @@ FOLDS = {1: ((1, 2, 3), (4, 5)), 2: ((4, 5, 6), (7, 8)), 3: ((7, 8, 9), (10, 11)
 CORPORA = {  # --corpus -> its folds, raw folder, prepared folds, runs, BENCHMARKS section
     "ravdess": (list(FOLDS), ROOT.parent / "shared" / "ravdess", ROOT / "data" / "ravdess_folds",
                 ROOT / "runs" / "folds",
-                "Recipes on real speech: RAVDESS actors 01-12, four speaker-independent folds, tiny.en"),
+                "Recipes by encoder and seed: RAVDESS actors 01-12, four speaker-independent folds"),
     "emodb": (list(splits.FOLDS["emodb"]), ROOT.parent / "shared" / "emodb", ROOT / "data" / "emodb_folds",
-              ROOT / "runs" / "emodb_folds", "Recipes on real speech: EmoDB, five speaker-independent folds"),
+              ROOT / "runs" / "emodb_folds", "Recipes by encoder and seed: EmoDB, five speaker-independent folds"),
 }
 METRICS = {"ua": "UA", "wa": "WA", "macro_f1": "macro-F1"}
 
@@ -65,58 +69,103 @@ def prepare_fold(corpus: str, raw: Path, out: Path, fold: int) -> Path:
     return path
 
 
-def main() -> None:
-    argv = sys.argv[1:]
+def model_name(whisper: str) -> str:
+    """The encoder's name in a row: ``tiny.en`` of ``.../tiny.en.pt``, ``base`` of ``.../base.encoder.pt``."""
+    return Path(whisper).name.removesuffix(".pt").removesuffix(".encoder")
+
+
+def seed_runs(runs: Path, name: str, seeds: list[int]) -> dict[int, Path]:
+    """Where recipe ``name`` keeps each seed's cross-validation: ``runs/name/seed{K}``."""
+    return {seed: runs / name / f"seed{seed}" for seed in seeds}
+
+
+def init_runs(runs: Path, name: str, seeds: list[int]) -> dict[int, Path]:
+    """The run each seed starts from (``--init-from name``): the same seed's, else the single seed ``name`` ran."""
+    ran = sorted(runs.glob(f"{name}/seed*"))
+    if not ran:
+        raise SystemExit(f"--init-from {name}: {runs / name} holds no seed folder (run it first)")
+    own = seed_runs(runs, name, seeds)
+    if all(path.is_dir() for path in own.values()):
+        return own
+    if len(ran) == 1:
+        return {seed: ran[0] for seed in seeds}
+    raise SystemExit(f"--init-from {name}: it ran {[p.name for p in ran]}, not every one of seeds {seeds}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     train_argv = argv[argv.index("--") + 1:] if "--" in argv else []
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--name", required=True, help="the recipe's name (runs go to runs/folds/NAME/foldK)")
+    parser.add_argument("--name", required=True, help="the recipe's name (runs go to runs/folds/NAME/seedS/foldK)")
     parser.add_argument("--corpus", choices=list(CORPORA), default="ravdess")
     parser.add_argument("--raw", type=Path, help="the raw corpus (default ../shared/ravdess or ../shared/emodb)")
     parser.add_argument("--folds-dir", type=Path, help="where the folds are prepared (default data/<corpus>_folds)")
+    parser.add_argument("--runs-dir", type=Path, help="where the recipes' runs go (default runs/folds or "
+                                                      "runs/emodb_folds)")
     parser.add_argument("--folds", type=int, nargs="+", help="which folds (default all)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds, a cross-validation each")
     parser.add_argument("--whisper", default=str(ROOT.parent / "shared" / "whisper" / "tiny.en.pt"))
     parser.add_argument("--init-from", metavar="NAME",
-                        help="start each fold's representation from runs/folds/NAME/foldK/best.pt (train.py --init)")
+                        help="start each fold's representation from recipe NAME's best.pt of the same seed and fold "
+                             "(train.py --init)")
     parser.add_argument("--reference", metavar="NAME",
                         help="report the paired difference in test UA to the finished runs of recipe NAME")
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     all_folds, raw, folds_dir, runs, section = CORPORA[args.corpus]
+    runs = args.runs_dir or runs
     folds = args.folds or all_folds
     if not set(folds) <= set(all_folds):
         parser.error(f"{args.corpus} has folds {all_folds}")
+    if "--seed" in train_argv:
+        parser.error("give training seeds as --seeds (before --), not train.py's --seed")
     base = parse_args(["--whisper", args.whisper, *train_argv])
-    init = str(runs / args.init_from) if args.init_from else base.init
-    cfg = dataclasses.replace(
-        base, folds=tuple(str(prepare_fold(args.corpus, args.raw or raw, args.folds_dir or folds_dir, k))
-                          for k in folds), run_dir=str(runs / args.name), init=init)
-    results = crossval.run(cfg, train.fit)
-    print(crossval.summary(cfg, results))
+    prepared = tuple(str(prepare_fold(args.corpus, args.raw or raw, args.folds_dir or folds_dir, k)) for k in folds)
+    inits = init_runs(runs, args.init_from, args.seeds) if args.init_from else {}
+    by_seed = {}
+    for seed, run_dir in seed_runs(runs, args.name, args.seeds).items():
+        cfg = dataclasses.replace(base, folds=prepared, run_dir=str(run_dir), seed=seed,
+                                  init=str(inits[seed]) if args.init_from else base.init)
+        by_seed[seed] = crossval.run(cfg, train.fit)
+        print(crossval.summary(cfg, by_seed[seed]))
+    row = recipe_row(args, train_argv, folds, by_seed, runs)
+    print("\n".join(f"{k}: {v}" for k, v in row.items()))
+    record(section, row)
 
-    init_from = f" --init-from {args.init_from}" if args.init_from else ""
-    corpus = f" --corpus {args.corpus}" if args.corpus != "ravdess" else ""
-    row = {"recipe": args.name,
-           "command": f"`python bench/folds.py{corpus} --name {args.name}{init_from} -- {' '.join(train_argv)}`",
-           "folds": ",".join(map(str, folds))}
+
+def recipe_row(args: argparse.Namespace, train_argv: list[str], folds: list[int], by_seed: dict[int, dict],
+               runs: Path) -> dict[str, str]:
+    """The BENCHMARKS row of a recipe's seeds: validation and test UA (each fold's, averaged over the folds, then
+    mean ± sd over the seeds; and every fold and seed pooled, with its speaker-bootstrap interval), test UA by
+    seed, the paired difference to ``--reference``, minutes per run."""
+    def flags(*pairs: tuple[str, object]) -> str:
+        return "".join(f" {flag} {value}" for flag, value in pairs if value)
+
+    seeds = " ".join(map(str, args.seeds)) if args.seeds != [0] else ""
+    command = (f"`python bench/folds.py{flags(('--corpus', args.corpus if args.corpus != 'ravdess' else ''))} "
+               f"--name {args.name}{flags(('--whisper', Path(args.whisper).name), ('--seeds', seeds))}"
+               f"{flags(('--init-from', args.init_from), ('--reference', args.reference))}"
+               f"{' -- ' + ' '.join(train_argv) if train_argv else ''}`")
+    everything = {f"seed{s}/{fold}": r for s, results in by_seed.items() for fold, r in results.items()}
+    row = {"recipe": args.name, "model": model_name(args.whisper), "command": command,
+           "folds": ",".join(map(str, folds)), "seeds": ",".join(map(str, args.seeds))}
     for split in ("validation", "test"):
-        for key, name in METRICS.items():
-            row[f"{split} {name}"] = crossval.mean_sd([r[split][key] for r in results.values()])
-    pooled = crossval.pooled(results)
-    row["pooled test UA [95% CI]"] = stats.format_interval(pooled["ua"], pooled["ua_ci"])
-    row["per fold validation / test UA"] = ", ".join(
-        f"{r['validation']['ua']:.3f} / {r['test']['ua']:.3f}" for r in results.values())
+        row[f"{split} UA, folds' mean (sd over seeds)"] = crossval.mean_sd(
+            [float(np.mean([r[split]["ua"] for r in results.values()])) for results in by_seed.values()])
+        pool = crossval.pooled(everything, split)
+        row[f"{split} UA pooled [95% CI]"] = stats.format_interval(pool["ua"], pool["ua_ci"])
+    row["test UA pooled, by seed"] = ", ".join(f"{crossval.pooled(results)['ua']:.3f}"
+                                               for results in by_seed.values())
     row["paired test UA difference to the reference (pooled) [95% CI], p"] = "—"
     if args.reference:
-        table = evaluate.compare_runs(cfg.run_dir, runs / args.reference)
-        print(f"test UA of {args.name} minus {args.reference}, per fold and pooled:\n"
+        table = evaluate.compare_runs(runs / args.name, runs / args.reference)
+        print(f"test UA of {args.name} minus {args.reference}, per fold (seeds pooled) and pooled:\n"
               f"{table.to_string(float_format=lambda v: f'{v:.3f}')}")
         d = table.iloc[-1]
         row["paired test UA difference to the reference (pooled) [95% CI], p"] = (
             f"− {args.reference}: {stats.format_interval(d['difference'], (d['ci_low'], d['ci_high']))}, "
             f"p = {d['p']:.3f}")
-    row["min per run"] = f"{sum(r['minutes'] for r in results.values()) / len(results):.1f}"
-    for k, v in row.items():
-        print(f"{k}: {v}")
-    record(section, row)
+    row["min per run"] = f"{np.mean([r['minutes'] for r in everything.values()]):.1f}"
+    return row
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from whisper.model import MultiHeadAttention
 
 import checkpoint
-from bench import cross_corpus
+import evaluate
+from bench import cross_corpus, folds
 from bench.common import record
 from bench.throughput import encoder_flops, settings
 
@@ -70,15 +72,55 @@ def test_make_gpu_check_without_a_gpu_says_so_and_fails():
     assert "bench/throughput.py" in proc.stdout and "-m cuda" in proc.stdout  # what it would run
 
 
+def ravdess_replica(root: Path) -> Path:
+    """RAVDESS's published layout, actors 01-12, one 0.4 s clip per emotion and actor."""
+    for actor in range(1, 13):
+        for emotion in range(1, 9):
+            write_wav(root / f"Actor_{actor:02d}" / f"03-01-0{emotion}-01-01-01-{actor:02d}.wav", 0.4, 48000,
+                      seed=actor * 10 + emotion)
+    return root
+
+
+@pytest.mark.e2e
+def test_folds_runs_seeds_and_pairs_them_with_a_single_reference(tmp_path, monkeypatch, capsys):
+    """bench/folds.py on a RAVDESS replica, a tiny random model: the probe once, then a recipe over two seeds that
+    starts from it; every seed's runs where the docstring says, the row pooled over the seeds, and the paired
+    difference pairing both seeds with the probe's one run."""
+    rows = []
+    monkeypatch.setattr(folds, "record", lambda section, row: rows.append((section, row)))
+    common = ["--raw", str(ravdess_replica(tmp_path / "ravdess")), "--folds-dir", str(tmp_path / "prepared"),
+              "--runs-dir", str(tmp_path / "runs"), "--whisper", "random:tiny", "--folds", "1", "2"]
+    small = ["--n-frames", "100", "--batch-size", "16", "--num-workers", "0", "--device", "cpu"]
+    folds.main(["--name", "probe", *common, "--", "--objective", "probe", *small])
+    folds.main(["--name", "ft", "--seeds", "0", "1", "--init-from", "probe", "--reference", "probe", *common, "--",
+                "--epochs", "1", "--freeze", "top:1", *small])
+    runs = tmp_path / "runs"
+    assert {p.relative_to(runs).as_posix() for p in runs.glob("*/*/*/best.pt")} == {
+        f"{name}/seed{s}/fold{k}" + "/best.pt" for name, seeds in (("probe", [0]), ("ft", [0, 1])) for s in seeds
+        for k in (1, 2)}
+    assert json.loads((runs / "ft" / "seed1" / "fold2" / "config.json").read_text())["seed"] == 1
+    (_, probe), (section, ft) = rows
+    assert section.startswith("Recipes by encoder and seed: RAVDESS") and ft["seeds"] == "0,1"
+    assert ft["model"] == "random:tiny" and probe["seeds"] == "0"
+    assert len(ft["test UA pooled, by seed"].split(", ")) == 2
+    assert ft["paired test UA difference to the reference (pooled) [95% CI], p"].startswith("− probe: ")
+    table = evaluate.compare_runs(runs / "ft", runs / "probe")
+    assert list(table.index) == ["fold1", "fold2", "pooled"] and list(table["seeds"]) == [2, 2, 2]
+    assert table.loc["pooled", "speakers"] == 6 and table.loc["pooled", "n"] == 2 * 6 * 8  # two seeds' 6 actors
+    one_seed = evaluate.compare_runs(runs / "ft" / "seed1", runs / "probe")
+    assert one_seed.loc["pooled", "n"] == 6 * 8 and one_seed.loc["pooled", "seeds"] == 1
+    assert "per fold (seeds pooled) and pooled" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        folds.main(["--name", "x", *common, "--", "--seed", "3"])
+    assert "give training seeds as --seeds" in capsys.readouterr().err
+
+
 @pytest.mark.e2e
 def test_cross_corpus_trains_per_corpus_and_scores_every_pair(tmp_path, monkeypatch, capsys):
     """bench/cross_corpus.py on replicas of RAVDESS (actors 01-12) and EmoDB, a tiny random model: a model per
     corpus, its matrices (the diagonal on its own test speakers), the heatmaps, a BENCHMARKS row per model, and
     the paired difference to a reference (itself: zero)."""
-    for actor in range(1, 13):
-        for emotion in range(1, 9):
-            write_wav(tmp_path / "ravdess" / f"Actor_{actor:02d}" / f"03-01-0{emotion}-01-01-01-{actor:02d}.wav", 0.4,
-                      48000, seed=actor * 10 + emotion)
+    ravdess_replica(tmp_path / "ravdess")
     make_emodb(tmp_path / "emodb")
     rows = []
     monkeypatch.setattr(cross_corpus, "record", lambda section, row: rows.append((section, row)))
