@@ -381,13 +381,15 @@ def _partner(key: str, other: Mapping[str, pd.DataFrame], where: str) -> str:
     return same_fold[0]
 
 
-def compare_runs(run_a: str | Path, run_b: str | Path, split: str = "test", seed: int = 0) -> pd.DataFrame:
+def compare_runs(run_a: str | Path, run_b: str | Path, split: str = "test", seed: int = 0, *,
+                 on_b: bool = False) -> pd.DataFrame:
     """UA of run a minus UA of run b on the same rows of ``split`` (``stats.paired_difference``): a row per fold of
     a cross-validation (matched by folder name) and, with several, the folds pooled (a speaker is a fold's
     speaker). Seeds of a cross-validation (``run_predictions``) are paired seed by seed, or each with the single
     run of ``run_b``, and pooled into their fold's row: a speaker's utterances under every seed resample together.
     Columns ``ua_a``, ``ua_b``, ``difference``, ``ci_low``, ``ci_high``, ``p``, ``speakers``, ``n``, ``seeds``.
-    Runs whose folds or rows differ are a ValueError saying how."""
+    ``on_b``: score on run b's rows only, which run a holds among others (a model trained on several corpora, scored
+    on the corpus of b). Runs whose folds or rows differ are a ValueError saying how."""
     a, b = run_predictions(run_a), run_predictions(run_b)
     folds_a, folds_b = ({Path(k).name for k in runs} for runs in (a, b))
     if folds_a != folds_b:
@@ -395,6 +397,8 @@ def compare_runs(run_a: str | Path, run_b: str | Path, split: str = "test", seed
     joined: dict[str, list[pd.DataFrame]] = {}
     for key in a:
         x, y = (t[t["split"] == split].set_index("id") for t in (a[key], b[_partner(key, b, str(run_b))]))
+        if on_b:
+            x = x[x.index.isin(y.index)]
         if set(x.index) != set(y.index) or not (x["emotion"] == y.loc[x.index, "emotion"]).all():
             raise ValueError(f"{key or 'the runs'}: {run_a} and {run_b} were not scored on the same {split} rows "
                              f"({len(set(x.index) ^ set(y.index))} ids in one only): compare runs on the same data")

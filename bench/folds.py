@@ -12,7 +12,7 @@ EmoDB in ``../shared/emodb``, over training seeds.
 Everything after ``--`` is passed to ``train.py`` (``python train.py --help``); ``--folds``, ``--run-dir`` and
 ``--seed`` are set here. RAVDESS: each fold tests on three actors, validates on two others (one male, one female:
 odd actors are male) and trains on the remaining seven (``FOLDS``); EmoDB: ``splits.fold_speakers`` (two test,
-two validation, six training speakers). Folds are prepared once under ``--folds-dir``; each seed of ``--seeds``
+two validation, six training speakers). Folds are prepared once under ``--data-dir``; each seed of ``--seeds``
 is a cross-validation (``crossval.run``) in ``runs/folds/NAME/seedS/foldK`` (EmoDB: ``runs/emodb_folds/...``).
 Recipes are compared on validation UA only: the test columns are reported, never used to choose. Prints a table
 per seed, then the row it appends to BENCHMARKS.md: validation and test UA averaged over the folds (mean ± sd over
@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -41,24 +42,23 @@ import splits  # noqa: E402
 import stats  # noqa: E402
 import train  # noqa: E402
 from bench.common import record  # noqa: E402
-from config import parse_args  # noqa: E402
+from config import Config, parse_args  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # fold -> (test actors, validation actors); the other actors of 1-12 train.
 FOLDS = {1: ((1, 2, 3), (4, 5)), 2: ((4, 5, 6), (7, 8)), 3: ((7, 8, 9), (10, 11)), 4: ((10, 11, 12), (1, 2))}
-CORPORA = {  # --corpus -> its folds, raw folder, prepared folds, runs, BENCHMARKS section
-    "ravdess": (list(FOLDS), ROOT.parent / "shared" / "ravdess", ROOT / "data" / "ravdess_folds",
-                ROOT / "runs" / "folds",
+CORPORA = {  # --corpus -> its folds, default raw folder, runs, BENCHMARKS section
+    "ravdess": (list(FOLDS), ROOT.parent / "shared" / "ravdess", ROOT / "runs" / "folds",
                 "Recipes by encoder and seed: RAVDESS actors 01-12, four speaker-independent folds"),
-    "emodb": (list(splits.FOLDS["emodb"]), ROOT.parent / "shared" / "emodb", ROOT / "data" / "emodb_folds",
-              ROOT / "runs" / "emodb_folds", "Recipes by encoder and seed: EmoDB, five speaker-independent folds"),
+    "emodb": (list(splits.FOLDS["emodb"]), ROOT.parent / "shared" / "emodb", ROOT / "runs" / "emodb_folds",
+              "Recipes by encoder and seed: EmoDB, five speaker-independent folds"),
 }
 METRICS = {"ua": "UA", "wa": "WA", "macro_f1": "macro-F1"}
 
 
-def prepare_fold(corpus: str, raw: Path, out: Path, fold: int) -> Path:
-    """``out/fold{fold}`` prepared from ``raw`` (once: an existing folder is reused)."""
-    path = out / f"fold{fold}"
+def prepare_fold(corpus: str, raw: Path, data_dir: Path, fold: int) -> Path:
+    """``data_dir/<corpus>_folds/fold{fold}`` prepared from ``raw`` (once: an existing folder is reused)."""
+    path = data_dir / f"{corpus}_folds" / f"fold{fold}"
     if not path.exists():
         if corpus == "ravdess":
             test, validation = FOLDS[fold]
@@ -92,41 +92,85 @@ def init_runs(runs: Path, name: str, seeds: list[int]) -> dict[int, Path]:
     raise SystemExit(f"--init-from {name}: it ran {[p.name for p in ran]}, not every one of seeds {seeds}")
 
 
+def pooled_fold(corpus: str, fold: int) -> int:
+    """The fold of ``corpus`` that pools with another corpus's fold ``fold`` (``--pool-with``): the same number,
+    cycling through ``corpus``'s folds."""
+    folds = CORPORA[corpus][0]
+    return folds[(fold - 1) % len(folds)]
+
+
+def pooled_fit(data_of: dict[str, tuple[str, ...]]) -> Callable[[Config], dict]:
+    """``train.fit`` on each fold's corpora together (``--pool-with``): ``data_of`` maps a fold's prepared folder
+    to it and the other corpora's folds it pools with."""
+    def fit(cfg: Config) -> dict:
+        return train.fit(dataclasses.replace(cfg, data=data_of[cfg.data]))
+    return fit
+
+
+def on_corpus(results: dict[str, dict], prepared: tuple[str, ...]) -> dict[str, dict]:
+    """The results of pooled-corpus runs scored on the rows of the folds' own corpus (``prepared``, in the order of
+    ``results``): predictions kept to its rows, each split's UA recomputed from them."""
+    out = {}
+    for (name, result), path in zip(results.items(), prepared, strict=True):
+        ids = {i for split in ("validation", "test") for i in data.load_corpus(path, split)["id"]}
+        kept = {**result, "predictions": result["predictions"][result["predictions"]["id"].isin(ids)]}
+        out[name] = {**kept, **{split: {**result[split], "ua": crossval.pooled({name: kept}, split)["ua"]}
+                                for split in ("validation", "test")}}
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     train_argv = argv[argv.index("--") + 1:] if "--" in argv else []
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True, help="the recipe's name (runs go to runs/folds/NAME/seedS/foldK)")
     parser.add_argument("--corpus", choices=list(CORPORA), default="ravdess")
-    parser.add_argument("--raw", type=Path, help="the raw corpus (default ../shared/ravdess or ../shared/emodb)")
-    parser.add_argument("--folds-dir", type=Path, help="where the folds are prepared (default data/<corpus>_folds)")
+    parser.add_argument("--raw", nargs="+", default=[], metavar="NAME=DIR",
+                        help="a corpus's raw folder (default ../shared/ravdess, ../shared/emodb)")
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "data",
+                        help="where the folds are prepared, in <corpus>_folds/foldK")
     parser.add_argument("--runs-dir", type=Path, help="where the recipes' runs go (default runs/folds or "
                                                       "runs/emodb_folds)")
     parser.add_argument("--folds", type=int, nargs="+", help="which folds (default all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds, a cross-validation each")
     parser.add_argument("--whisper", default=str(ROOT.parent / "shared" / "whisper" / "tiny.en.pt"))
+    parser.add_argument("--pool-with", nargs="+", default=[], choices=list(CORPORA), metavar="CORPUS",
+                        help="train on these corpora's folds too (fold K with their fold K, cycling through theirs); "
+                             "the row scores this corpus's rows only")
     parser.add_argument("--init-from", metavar="NAME",
                         help="start each fold's representation from recipe NAME's best.pt of the same seed and fold "
                              "(train.py --init)")
     parser.add_argument("--reference", metavar="NAME",
                         help="report the paired difference in test UA to the finished runs of recipe NAME")
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
-    all_folds, raw, folds_dir, runs, section = CORPORA[args.corpus]
+    all_folds, _, runs, section = CORPORA[args.corpus]
+    raw = {name: corpus[1] for name, corpus in CORPORA.items()}
+    for item in args.raw:
+        name, sep, path = item.partition("=")
+        if not sep or name not in CORPORA:
+            parser.error(f"--raw {item}: give NAME=DIR with NAME one of {list(CORPORA)}")
+        raw[name] = Path(path)
     runs = args.runs_dir or runs
     folds = args.folds or all_folds
     if not set(folds) <= set(all_folds):
         parser.error(f"{args.corpus} has folds {all_folds}")
     if "--seed" in train_argv:
         parser.error("give training seeds as --seeds (before --), not train.py's --seed")
+    if args.corpus in args.pool_with:
+        parser.error(f"--pool-with {args.corpus}: it is the corpus the folds test on")
     base = parse_args(["--whisper", args.whisper, *train_argv])
-    prepared = tuple(str(prepare_fold(args.corpus, args.raw or raw, args.folds_dir or folds_dir, k)) for k in folds)
+    prepared = tuple(str(prepare_fold(args.corpus, raw[args.corpus], args.data_dir, k)) for k in folds)
+    data_of = {path: (path, *(str(prepare_fold(other, raw[other], args.data_dir, pooled_fold(other, k)))
+                              for other in args.pool_with)) for path, k in zip(prepared, folds, strict=True)}
     inits = init_runs(runs, args.init_from, args.seeds) if args.init_from else {}
     by_seed = {}
     for seed, run_dir in seed_runs(runs, args.name, args.seeds).items():
         cfg = dataclasses.replace(base, folds=prepared, run_dir=str(run_dir), seed=seed,
                                   init=str(inits[seed]) if args.init_from else base.init)
-        by_seed[seed] = crossval.run(cfg, train.fit)
+        by_seed[seed] = crossval.run(cfg, pooled_fit(data_of) if args.pool_with else train.fit)
         print(crossval.summary(cfg, by_seed[seed]))
+        if args.pool_with:
+            by_seed[seed] = on_corpus(by_seed[seed], prepared)
     row = recipe_row(args, train_argv, folds, by_seed, runs)
     print("\n".join(f"{k}: {v}" for k, v in row.items()))
     record(section, row)
@@ -143,7 +187,8 @@ def recipe_row(args: argparse.Namespace, train_argv: list[str], folds: list[int]
     seeds = " ".join(map(str, args.seeds)) if args.seeds != [0] else ""
     command = (f"`python bench/folds.py{flags(('--corpus', args.corpus if args.corpus != 'ravdess' else ''))} "
                f"--name {args.name}{flags(('--whisper', Path(args.whisper).name), ('--seeds', seeds))}"
-               f"{flags(('--init-from', args.init_from), ('--reference', args.reference))}"
+               f"{flags(('--pool-with', ' '.join(args.pool_with)), ('--init-from', args.init_from))}"
+               f"{flags(('--reference', args.reference))}"
                f"{' -- ' + ' '.join(train_argv) if train_argv else ''}`")
     everything = {f"seed{s}/{fold}": r for s, results in by_seed.items() for fold, r in results.items()}
     row = {"recipe": args.name, "model": model_name(args.whisper), "command": command,
@@ -157,7 +202,7 @@ def recipe_row(args: argparse.Namespace, train_argv: list[str], folds: list[int]
                                                for results in by_seed.values())
     row["paired test UA difference to the reference (pooled) [95% CI], p"] = "—"
     if args.reference:
-        table = evaluate.compare_runs(runs / args.name, runs / args.reference)
+        table = evaluate.compare_runs(runs / args.name, runs / args.reference, on_b=bool(args.pool_with))
         print(f"test UA of {args.name} minus {args.reference}, per fold (seeds pooled) and pooled:\n"
               f"{table.to_string(float_format=lambda v: f'{v:.3f}')}")
         d = table.iloc[-1]

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from conftest import ROOT, write_wav
@@ -88,7 +89,9 @@ def test_folds_runs_seeds_and_pairs_them_with_a_single_reference(tmp_path, monke
     difference pairing both seeds with the probe's one run."""
     rows = []
     monkeypatch.setattr(folds, "record", lambda section, row: rows.append((section, row)))
-    common = ["--raw", str(ravdess_replica(tmp_path / "ravdess")), "--folds-dir", str(tmp_path / "prepared"),
+    make_emodb(tmp_path / "emodb")
+    common = ["--raw", f"ravdess={ravdess_replica(tmp_path / 'ravdess')}", f"emodb={tmp_path / 'emodb'}",
+              "--data-dir", str(tmp_path / "prepared"),
               "--runs-dir", str(tmp_path / "runs"), "--whisper", "random:tiny", "--folds", "1", "2"]
     small = ["--n-frames", "100", "--batch-size", "16", "--num-workers", "0", "--device", "cpu"]
     folds.main(["--name", "probe", *common, "--", "--objective", "probe", *small])
@@ -113,6 +116,19 @@ def test_folds_runs_seeds_and_pairs_them_with_a_single_reference(tmp_path, monke
     with pytest.raises(SystemExit):
         folds.main(["--name", "x", *common, "--", "--seed", "3"])
     assert "give training seeds as --seeds" in capsys.readouterr().err
+
+    folds.main(["--name", "pooled", "--pool-with", "emodb", "--reference", "probe", *common, "--", "--epochs", "1",
+                "--freeze", "top:1", *small])
+    config = json.loads((runs / "pooled" / "seed0" / "fold2" / "config.json").read_text())
+    assert [Path(d).relative_to(tmp_path / "prepared").as_posix() for d in config["data"]] == [
+        "ravdess_folds/fold2", "emodb_folds/fold2"]
+    scored = pd.read_csv(runs / "pooled" / "seed0" / "fold2" / evaluate.PREDICTIONS, dtype=str)
+    assert scored["id"].str.startswith("03-01-").sum() == 5 * 8 < len(scored)  # RAVDESS's 5 actors and EmoDB's
+    with pytest.raises(ValueError, match="were not scored on the same test rows"):
+        evaluate.compare_runs(runs / "pooled", runs / "probe")
+    assert evaluate.compare_runs(runs / "pooled", runs / "probe", on_b=True).loc["pooled", "n"] == 6 * 8
+    assert rows[-1][1]["command"].startswith("`python bench/folds.py --name pooled --whisper random:tiny "
+                                             "--pool-with emodb --reference probe -- ")
 
 
 @pytest.mark.e2e
