@@ -45,6 +45,7 @@ from bench.common import record  # noqa: E402
 from config import Config, parse_args  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+WHISPER = ROOT.parent / "shared" / "whisper"
 # fold -> (test actors, validation actors); the other actors of 1-12 train.
 FOLDS = {1: ((1, 2, 3), (4, 5)), 2: ((4, 5, 6), (7, 8)), 3: ((7, 8, 9), (10, 11)), 4: ((10, 11, 12), (1, 2))}
 CORPORA = {  # --corpus -> its folds, default raw folder, runs, BENCHMARKS section
@@ -72,6 +73,14 @@ def prepare_fold(corpus: str, raw: Path, data_dir: Path, fold: int) -> Path:
 def model_name(whisper: str) -> str:
     """The encoder's name in a row: ``tiny.en`` of ``.../tiny.en.pt``, ``base`` of ``.../base.encoder.pt``."""
     return Path(whisper).name.removesuffix(".pt").removesuffix(".encoder")
+
+
+def shown(whisper: str) -> str:
+    """``--whisper`` as a row's command gives it: nothing for the default, ``../shared/whisper/NAME`` for a
+    checkpoint there."""
+    if whisper == str(WHISPER / "tiny.en.pt"):
+        return ""
+    return f"../shared/whisper/{Path(whisper).name}" if Path(whisper).parent == WHISPER else whisper
 
 
 def seed_runs(runs: Path, name: str, seeds: list[int]) -> dict[int, Path]:
@@ -133,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
                                                       "runs/emodb_folds)")
     parser.add_argument("--folds", type=int, nargs="+", help="which folds (default all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds, a cross-validation each")
-    parser.add_argument("--whisper", default=str(ROOT.parent / "shared" / "whisper" / "tiny.en.pt"))
+    parser.add_argument("--whisper", default=str(WHISPER / "tiny.en.pt"))
     parser.add_argument("--pool-with", nargs="+", default=[], choices=list(CORPORA), metavar="CORPUS",
                         help="train on these corpora's folds too (fold K with their fold K, cycling through theirs); "
                              "the row scores this corpus's rows only")
@@ -186,7 +195,7 @@ def recipe_row(args: argparse.Namespace, train_argv: list[str], folds: list[int]
 
     seeds = " ".join(map(str, args.seeds)) if args.seeds != [0] else ""
     command = (f"`python bench/folds.py{flags(('--corpus', args.corpus if args.corpus != 'ravdess' else ''))} "
-               f"--name {args.name}{flags(('--whisper', Path(args.whisper).name), ('--seeds', seeds))}"
+               f"--name {args.name}{flags(('--whisper', shown(args.whisper)), ('--seeds', seeds))}"
                f"{flags(('--pool-with', ' '.join(args.pool_with)), ('--init-from', args.init_from))}"
                f"{flags(('--reference', args.reference))}"
                f"{' -- ' + ' '.join(train_argv) if train_argv else ''}`")
