@@ -232,14 +232,18 @@ def notebook_parameters(namespace: Mapping[str, object]) -> list[str]:
     return names
 
 
-def contrastive_configs(cfg: Config, vad_negatives: Sequence[bool] = (False, True)) -> dict[str, Config]:
+def contrastive_configs(cfg: Config, vad_negatives: Sequence[bool] = (False, True),
+                        pretrain_with: Sequence[str] = ()) -> dict[str, Config]:
     """The contrastive runs of contrastive.ipynb: ``cfg.objective`` once per ``vad_negatives`` value, each in
     its own folder under ``cfg.run_dir`` (``supcon`` with the plain loss, ``supcon_vad`` with VAD-aware
-    negatives)."""
+    negatives), on ``cfg.data`` and the corpora of ``pretrain_with`` together (task-adaptive pre-training on every
+    training split at hand; their probes then train and validate on them all)."""
+    corpora = (cfg.data,) if isinstance(cfg.data, str) else cfg.data
     runs = {}
     for vad in vad_negatives:
         name = f"{cfg.objective}_vad" if vad else cfg.objective
-        runs[name] = dataclasses.replace(cfg, vad_negatives=vad, run_dir=f"{cfg.run_dir}/{name}")
+        runs[name] = dataclasses.replace(cfg, data=(*corpora, *pretrain_with) if pretrain_with else cfg.data,
+                                         vad_negatives=vad, run_dir=f"{cfg.run_dir}/{name}")
     return runs
 
 

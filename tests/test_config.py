@@ -112,3 +112,14 @@ def test_a_bad_flag_value_is_one_usage_line(capsys):
             config.parse_args(argv)
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and err.startswith(f"train.py: error: {message}") and err.count("\n") == 1
+
+
+def test_contrastive_configs_pre_train_on_the_corpora_given_too():
+    cfg = Config(data="data/a", objective="simclr", run_dir="runs/c")
+    runs = config.contrastive_configs(cfg, (False, True), pretrain_with=["data/b"])
+    assert {name: (r.data, r.vad_negatives, r.run_dir) for name, r in runs.items()} == {
+        "simclr": (("data/a", "data/b"), False, "runs/c/simclr"), "simclr_vad": (("data/a", "data/b"), True,
+                                                                                "runs/c/simclr_vad")}
+    assert config.contrastive_configs(cfg, (False,))["simclr"].data == "data/a"
+    assert config.contrastive_configs(Config(data=("a", "b"), objective="supcon"), (False,), ["c"])[
+        "supcon"].data == ("a", "b", "c")
