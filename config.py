@@ -90,6 +90,8 @@ class Config:
                                        ("balanced", None), read_by="supervised")
     augment: bool = option(True, "training augmentations (data.Augment: crop, shift, speed, gain, noise, "
                                  "SpecAugment)", read_by="training")
+    calibrate: bool = option(True, "after training, fit the temperature of the classifier's probabilities on the "
+                                   "validation split (calibration.py; best.pt keeps it; off: 1)")
     windows: bool = option(True, "evaluate whole utterances: mean over windows covering each (off: its centre crop)")
     epochs: int = option(10, "training epochs (supervised 0: score the model as built)", read_by="training")
     batch_size: int = option(32, "clips per step and process (under torchrun: times the number of processes)")

@@ -8,6 +8,7 @@ heads, the corpus's baseline, a checkpoint on other corpora, two runs compared. 
     head_metrics(pred, n_classes)                  # UA, WA, macro-F1, confusion matrix (and CCC) of the heads
     metrics, probe = linear_probe(train_pred, {"test": pred}, n_classes)   # a probe on the frozen embeddings
     fold_probe(net, probe)                         # ... written into the model's heads
+    calibrate(net, scored, fit=True, save_to=best)  # the temperature fitted on validation, ECE / NLL / Brier
     baseline(splits)                               # the corpus's floor: the same probe on log-mel statistics
     score_corpus(net, ds, options, runtime)        # a checkpoint on another corpus, over the classes both share
     compare_runs(run_a, run_b)                     # UA of a minus b on the same rows, interval and permutation p
@@ -22,6 +23,7 @@ scores a file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -37,6 +39,7 @@ from sklearn.metrics import confusion_matrix, f1_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+import calibration
 import checkpoint
 import cli
 import data
@@ -103,7 +106,8 @@ def has_vad(vad: np.ndarray) -> bool:
 @torch.no_grad()
 def predict_split(net: EmotionModel, loader: data.Loader, runtime: Runtime) -> dict[str, np.ndarray]:
     """Run ``net`` over an evaluation loader, gathered over ranks. Arrays over the N rows of the split,
-    sorted by row: ``index``, ``id``, ``speaker``, ``emotion``, ``vad`` [N, 3], ``probs`` [N, n_labels],
+    sorted by row: ``index``, ``id``, ``speaker``, ``emotion``, ``vad`` [N, 3], ``probs`` [N, n_labels] (at the
+    model's temperature; ``uncalibrated``: at 1),
     ``vad_pred`` [N, 3] (NaN without a VAD head), ``embedding`` [N, D], ``windows`` [N]; a row scored on several
     windows gets the mean over them, as ``predict.py`` scores a file. And over the W windows:
     ``window_embedding`` [W, D] and ``window_row`` [W] (each one's position in the N rows)."""
@@ -122,9 +126,11 @@ def predict_split(net: EmotionModel, loader: data.Loader, runtime: Runtime) -> d
     net.train(was_training)
     arrays = distributed.gather({k: np.concatenate(v) for k, v in out.items()})
     rows, first, inverse = np.unique(arrays["index"], return_index=True, return_inverse=True)
+    probs = row_mean(arrays["probs"], inverse)
     return {"index": rows, "id": np.asarray(loader.ids)[rows], "speaker": loader.speakers[rows],
             "emotion": arrays["emotion"][first], "vad": arrays["vad"][first],
-            **{k: row_mean(arrays[k], inverse) for k in ("probs", "vad_pred", "embedding")},
+            "probs": calibration.calibrated(probs, net.config.temperature), "uncalibrated": probs,
+            **{k: row_mean(arrays[k], inverse) for k in ("vad_pred", "embedding")},
             "windows": np.bincount(inverse), "window_embedding": arrays["embedding"], "window_row": inverse}
 
 
@@ -158,11 +164,13 @@ def embed(cfg: Config, split: str, checkpoint_name: str = "best.pt") -> dict[str
 class Evaluation:
     """What ``evaluate`` scored: ``metrics`` (split -> ``classification_metrics``), the linear ``probe`` they come
     from (None: the model's heads), and ``rows``: one table for the splits, a row per utterance (``split``,
-    ``id``, ``speaker``, ``emotion`` and ``prediction`` as label names), which a run writes to ``PREDICTIONS``."""
+    ``id``, ``speaker``, ``emotion`` and ``prediction`` as label names), which a run writes to ``PREDICTIONS``;
+    ``predictions``: split -> the ``predict_split`` arrays they come from."""
 
     metrics: dict[str, dict]
     probe: Probe | None
     rows: pd.DataFrame
+    predictions: dict[str, dict[str, np.ndarray]]
 
 
 def evaluate(net: EmotionModel, loaders: Mapping[str, data.Loader], names: tuple[str, ...], *, by_probe: bool,
@@ -185,7 +193,28 @@ def evaluate(net: EmotionModel, loaders: Mapping[str, data.Loader], names: tuple
     rows = pd.concat([pd.DataFrame({"split": s, "id": p["id"], "speaker": p["speaker"],
                                     "emotion": names_of[p["emotion"]], "prediction": names_of[predicted[s]]})
                       for s, p in preds.items()], ignore_index=True)
-    return Evaluation(metrics, probe, rows)
+    return Evaluation(metrics, probe, rows, preds)
+
+
+def calibrate(net: EmotionModel, scored: Evaluation, fit: bool, save_to: Path | None) -> dict:
+    """With ``fit``, set ``net``'s temperature to the one that minimises the validation split's NLL
+    (``calibration.fit_temperature``) and write it into the checkpoint ``save_to`` (None: rank 0 writes it);
+    returns ``scored``'s metrics with each split's ECE, NLL and Brier score at that temperature (``ece``, ``nll``,
+    ``brier``) and at 1 (``*_before``), and the ``temperature``. No prediction changes."""
+    if fit:
+        val = scored.predictions["validation"]
+        net.config = dataclasses.replace(net.config, temperature=calibration.fit_temperature(val["uncalibrated"],
+                                                                                             val["emotion"]))
+        if save_to is not None:
+            checkpoint.save_model(net, save_to, extra=checkpoint.read_checkpoint(save_to)["extra"])
+    out = {}
+    for split, pred in scored.predictions.items():
+        before = calibration.calibration_metrics(pred["uncalibrated"], pred["emotion"])
+        after = calibration.calibration_metrics(calibration.calibrated(pred["uncalibrated"], net.config.temperature),
+                                                pred["emotion"])
+        out[split] = {**scored.metrics[split], **after, **{f"{k}_before": v for k, v in before.items()},
+                      "temperature": net.config.temperature}
+    return out
 
 
 # ----------------------------------------------------------------------------- the linear probe

@@ -116,7 +116,9 @@ class ModelConfig:
     ``checkpoint.from_whisper`` reads them from the Whisper checkpoint; a dict is accepted (what ``asdict``
     writes) and turned back into ``ModelDimensions``. vad_head: a valence/arousal/dominance head; vad_probe: that
     head is a linear probe written in by ``evaluate.fold_probe`` (a contrastive model's or a probe's), read
-    without the sigmoid a trained head ends with.
+    without the sigmoid a trained head ends with. temperature: of the classifier's probabilities, fitted on
+    validation after training (``calibration.calibrated``, applied where a row's or a file's probabilities are
+    formed: ``evaluate.predict_split``, ``predict.Predictor``); 1 is none.
     """
 
     whisper: str  # where the encoder came from: a model name, a checkpoint path or random:<name>
@@ -130,6 +132,7 @@ class ModelConfig:
     vad_head: bool = False
     dropout: float = 0.1  # before the classification and VAD heads
     vad_probe: bool = False
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.dims, dict):
@@ -145,6 +148,8 @@ class ModelConfig:
             raise ValueError(f"unknown layers {self.layers!r}; use one of {LAYERS}")
         if not self.labels:
             raise ValueError("labels must name at least one class")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.vad_probe and not self.vad_head:
             raise ValueError("vad_probe describes the VAD head: it needs vad_head=True")
 

@@ -36,6 +36,7 @@ import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
+import calibration
 import checkpoint
 import cli
 import model as modellib
@@ -201,12 +202,14 @@ class Predictor:
 
     def _finish(self, job: _Job) -> Prediction:
         n, sr = len(job.audio), SAMPLE_RATE
-        probs = np.stack([o["probs"] for o in job.outputs])  # [W, C]
+        raw = np.stack([o["probs"] for o in job.outputs])  # [W, C], at temperature 1
+        temperature = self.net.config.temperature
+        probs = calibration.calibrated(raw, temperature)  # each window's: softmax(logits / T)
         vad = np.stack([o["vad"] for o in job.outputs]) if self.has_vad else None  # [W, 3]
         windows = [Window(start / sr, min(start + self.window, n) / sr, self.labels[int(p.argmax())],
                           self._named(p), None if vad is None else _vad_dict(vad[k]))
                    for k, (start, p) in enumerate(zip(job.starts, probs, strict=True))]
-        mean = probs.mean(0)
+        mean = calibration.calibrated(raw.mean(0, keepdims=True), temperature)[0]  # as evaluate.predict_split
         return Prediction(label=self.labels[int(mean.argmax())], probabilities=self._named(mean),
                           vad=None if vad is None else _vad_dict(vad.mean(0)), windows=windows,
                           embedding=np.mean([o["embedding"] for o in job.outputs], axis=0), duration=n / sr)

@@ -387,6 +387,8 @@ class RunLog:
             print(f"test: UA {stats.format_interval(t['ua'], t['ua_ci'])} (95 % interval over {t['speakers']} "
                   f"speakers)  WA {t['wa']:.3f}  macro-F1 {t['macro_f1']:.3f}"
                   + "".join(f"  CCC {n[4:]} {t[n]:.3f}" for n in t if n.startswith("ccc_")))
+            print(f"calibration, temperature {t['temperature']:.3f}: test ECE {t['ece_before']:.3f} -> {t['ece']:.3f}"
+                  f"  NLL {t['nll_before']:.3f} -> {t['nll']:.3f}  Brier {t['brier_before']:.3f} -> {t['brier']:.3f}")
 
     def _line(self, record: dict) -> None:
         self.jsonl.write(json.dumps(record) + "\n")
@@ -471,7 +473,8 @@ def fit(cfg: Config) -> dict:
     net.load_state_dict(checkpoint.load_model(best, device=device).state_dict())
     final = evaluate.evaluate(net, evals, ("validation", "test"), by_probe=by_probe, runtime=runtime, seed=cfg.seed,
                               skip_nonfinite=cfg.skip_nonfinite)
-    result = {**final.metrics, "history": progress.history, "skipped": progress.skipped, "seed": cfg.seed}
+    metrics = evaluate.calibrate(net, final, cfg.calibrate, best if process.main else None)
+    result = {**metrics, "history": progress.history, "skipped": progress.skipped, "seed": cfg.seed}
     log.final(result, final.rows)
     return result
 

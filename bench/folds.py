@@ -189,7 +189,7 @@ def recipe_row(args: argparse.Namespace, train_argv: list[str], folds: list[int]
                runs: Path) -> dict[str, str]:
     """The BENCHMARKS row of a recipe's seeds: validation and test UA (each fold's, averaged over the folds, then
     mean ± sd over the seeds; and every fold and seed pooled, with its speaker-bootstrap interval), test UA by
-    seed, the paired difference to ``--reference``, minutes per run."""
+    seed, the paired difference to ``--reference``, the test ECE before and after calibration, minutes per run."""
     def flags(*pairs: tuple[str, object]) -> str:
         return "".join(f" {flag} {value}" for flag, value in pairs if value)
 
@@ -218,6 +218,9 @@ def recipe_row(args: argparse.Namespace, train_argv: list[str], folds: list[int]
         row["paired test UA difference to the reference (pooled) [95% CI], p"] = (
             f"− {args.reference}: {stats.format_interval(d['difference'], (d['ci_low'], d['ci_high']))}, "
             f"p = {d['p']:.3f}")
+    if all("ece" in r["test"] for r in everything.values()):
+        row["test ECE at temperature 1 → fitted (mean ± sd over runs)"] = " → ".join(
+            crossval.mean_sd([r["test"][k] for r in everything.values()]) for k in ("ece_before", "ece"))
     row["min per run"] = f"{np.mean([r['minutes'] for r in everything.values()]):.1f}"
     return row
 

@@ -106,6 +106,8 @@ def test_folds_runs_seeds_and_pairs_them_with_a_single_reference(tmp_path, monke
     assert section.startswith("Recipes by encoder and seed: RAVDESS") and ft["seeds"] == "0,1"
     assert ft["model"] == "random:tiny" and probe["seeds"] == "0"
     assert len(ft["test UA pooled, by seed"].split(", ")) == 2
+    before, after = ft["test ECE at temperature 1 → fitted (mean ± sd over runs)"].split(" → ")
+    assert " ± " in before and " ± " in after  # four runs: two seeds of two folds
     assert ft["paired test UA difference to the reference (pooled) [95% CI], p"].startswith("− probe: ")
     table = evaluate.compare_runs(runs / "ft", runs / "probe")
     assert list(table.index) == ["fold1", "fold2", "pooled"] and list(table["seeds"]) == [2, 2, 2]

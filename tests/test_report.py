@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from conftest import random_model
 
+import calibration
 import data
 import report
 from labels import FOUR_CLASS
@@ -63,3 +64,19 @@ def test_plot_score_matrix():
     fig = report.plot_score_matrix(ua, title="UA")
     texts = sorted(t.get_text() for t in fig.axes[0].texts)
     assert texts == ["0.400", "0.500", "0.800"]  # the NaN cell is blank
+
+
+def test_plot_reliability_draws_each_curve_with_its_ece(tmp_path):
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4) * 0.5, 200)
+    y = probs.argmax(1)
+    y[:60] = (y[:60] + 1) % 4  # wrong on 60 rows: over-confident
+    curves = {"before": calibration.reliability(probs, y),
+              "after": calibration.reliability(calibration.calibrated(probs, 2.0), y)}
+    fig = report.plot_reliability(curves, path=tmp_path / "reliability.png")
+    top, bottom = fig.axes
+    legend = [t.get_text() for t in top.get_legend().get_texts()]
+    for name, scored in (("before", probs), ("after", calibration.calibrated(probs, 2.0))):
+        assert f"{name} (ECE {calibration.calibration_metrics(scored, y)['ece']:.3f})" in legend
+    assert sum(p.get_height() for p in bottom.patches) == 2 * len(y)  # every row counted once per curve
+    assert (tmp_path / "reliability.png").stat().st_size > 0

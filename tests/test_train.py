@@ -307,7 +307,7 @@ def test_probe_init_starts_the_classifier_as_the_linear_probe(synthetic_dir, tmp
                                       Runtime(torch.device("cpu"))) for s in ("train", "validation")}
     metrics, probe = evaluate.linear_probe(pred["train"], {"validation": pred["validation"]}, len(net.config.labels))
     assert result["validation"]["confusion"] == metrics["validation"]["confusion"]
-    np.testing.assert_allclose(pred["validation"]["probs"][:, probe.classifier[-1].classes_],
+    np.testing.assert_allclose(pred["validation"]["uncalibrated"][:, probe.classifier[-1].classes_],
                                probe.classifier.predict_proba(pred["validation"]["embedding"]), atol=1e-4)
     assert train.fit(dataclasses.replace(cfg, probe_init=False, run_dir=str(tmp_path / "plain")))["validation"][
         "confusion"] != result["validation"]["confusion"]
