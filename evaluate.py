@@ -336,7 +336,7 @@ def scored_classes(names: Sequence[str], four_class: bool) -> dict[str, str]:
 
 def score_corpus(net: EmotionModel, ds: datasets.Dataset, options: data.LoaderOptions, runtime: Runtime, *,
                  trained: Sequence[str] | None = None, four_class: bool = False, name: str = "corpus",
-                 seed: int = 0) -> tuple[dict, pd.DataFrame]:
+                 seed: int = 0, min_confidence: Sequence[float] = ()) -> tuple[dict, pd.DataFrame]:
     """Score ``net`` on the rows of ``ds`` (a corpus it was not trained on) over the classes both share by name:
     the classes of ``ds``'s rows and the model's ``trained`` classes (a checkpoint's ``extra["trained"]``: the
     labels its training split had rows of; None: all its labels).
@@ -345,8 +345,9 @@ def score_corpus(net: EmotionModel, ds: datasets.Dataset, options: data.LoaderOp
     classes the corpus lacks take no part: the prediction is the most probable shared class (with ``four_class``
     the probabilities of the model's classes that reduce to one class are added). Returns the metrics
     (``classification_metrics`` with speaker-bootstrap intervals, ``classes``: the shared classes in order,
-    ``left_out``: name -> rows) and the rows (``id``, ``speaker``, ``emotion``, ``prediction``). Fewer than two
-    shared classes is a ValueError naming both label sets."""
+    ``left_out``: name -> rows, ``abstaining``: ``kept_rows`` at each of ``min_confidence``, the probabilities
+    renormalised over the shared classes) and the rows (``id``, ``speaker``, ``emotion``, ``prediction``). Fewer
+    than two shared classes is a ValueError naming both label sets."""
     row_names = np.asarray(ds.features["emotion"].names)[np.asarray(ds["emotion"], dtype=np.int64)]
     learnt = [n for n in net.config.labels if trained is None or n in trained]
     model, corpus = scored_classes(learnt, four_class), scored_classes(sorted(set(row_names)), four_class)
@@ -367,12 +368,27 @@ def score_corpus(net: EmotionModel, ds: datasets.Dataset, options: data.LoaderOp
     for i, label in enumerate(net.config.labels):
         if model.get(label) in shared:
             to_shared[i, shared.index(model[label])] = 1.0
-    y_pred = (pred["probs"] @ to_shared).argmax(1)
+    probs = pred["probs"] @ to_shared
+    probs /= probs.sum(1, keepdims=True)  # over the shared classes
+    y_pred = probs.argmax(1)
     y_true = np.array([shared.index(corpus[n]) for n in row_names[keep][pred["index"]]])
     metrics = classification_metrics(y_true, y_pred, len(shared), pred["speaker"], seed)
     rows = pd.DataFrame({"id": pred["id"], "speaker": pred["speaker"], "emotion": np.asarray(shared)[y_true],
                          "prediction": np.asarray(shared)[y_pred]})
-    return {**metrics, "classes": shared, "left_out": left_out}, rows
+    abstaining = [kept_rows(probs, y_true, p) for p in min_confidence]
+    return {**metrics, "classes": shared, "left_out": left_out, "abstaining": abstaining}, rows
+
+
+def kept_rows(probs: np.ndarray, y_true: np.ndarray, min_confidence: float) -> dict:
+    """What abstaining below ``min_confidence`` costs (``predict.py --min-confidence``): the ``coverage`` (the
+    fraction of rows whose top probability reaches it), and the UA and WA of those rows (NaN when none is kept)."""
+    kept = probs.max(1) >= min_confidence
+    out = {"min_confidence": min_confidence, "coverage": float(kept.mean()), "n": int(kept.sum()),
+           "ua": float("nan"), "wa": float("nan")}
+    if kept.any():
+        m = classification_metrics(y_true[kept], probs[kept].argmax(1), probs.shape[1])
+        out.update(ua=m["ua"], wa=m["wa"])
+    return out
 
 
 def corpus_rows(path: str, split: str) -> datasets.Dataset:
@@ -472,6 +488,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--split", default="all", help="the split of each corpus to score, or all (default: every "
                                                        "row: no speaker of another corpus was seen in training)")
     parser.add_argument("--four-class", action="store_true", help="score neutral, happy, sad, angry only")
+    parser.add_argument("--min-confidence", type=float, nargs="+", default=[], metavar="P",
+                        help="also the coverage, UA and WA of the rows whose top probability reaches each P "
+                             "(predict.py --min-confidence)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results, keyed by corpus")
     parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
                         help="the paired difference in test UA of two runs (or cross-validations, or seeds of them) "
@@ -483,6 +502,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--compare RUN_A RUN_B takes no checkpoint or corpora")
     if not args.compare and not (args.checkpoint and args.corpora):
         parser.error("give CHECKPOINT DATA [DATA ...], or --compare RUN_A RUN_B")
+    outside = [p for p in args.min_confidence if not 0 < p < 1]
+    if outside:
+        parser.error(f"--min-confidence {' '.join(map(str, outside))}: each P must be between 0 and 1 (exclusive)")
     return args
 
 
@@ -506,9 +528,13 @@ def _main(argv: list[str] | None) -> None:
         if name in results:
             raise ValueError(f"two corpora named {name}: give them folders of different names")
         results[name] = score_corpus(net, corpus_rows(path, args.split), options, runtime, trained=trained,
-                                     four_class=args.four_class, name=name)[0]
+                                     four_class=args.four_class, name=name, min_confidence=args.min_confidence)[0]
     print(f"{args.checkpoint} ({', '.join(net.config.labels)}) on {args.split} rows, 95 % intervals over speakers:\n"
           f"{score_table(results).to_string()}")
+    if args.min_confidence:
+        table = pd.DataFrame([{"corpus": name, **k} for name, m in results.items() for k in m["abstaining"]])
+        print(f"abstaining below a top probability (min_confidence): the rows kept and their scores\n"
+              f"{table.to_string(index=False, float_format=lambda v: f'{v:.3f}')}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

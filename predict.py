@@ -11,7 +11,9 @@ Sliding windows: the model sees ``n_frames`` mel frames (its checkpoint's contex
 A longer file is cut into windows of that length every ``--hop`` seconds (half a window by default);
 the last window is aligned to the end of the file, so that every window holds only real audio and
 every sample lies in at least one window. A file's probabilities, valence/arousal/dominance and
-embedding are the means over its windows. A file shorter than the context is one window, zero-padded
+embedding are the means over its windows; the probabilities are then at the checkpoint's temperature
+(``calibration.py``). ``--min-confidence P`` labels a file or window ``uncertain`` whose top probability is
+below P. A file shorter than the context is one window, zero-padded
 at the end as in training. Each window's features are computed as the loaders compute them for an
 evaluation crop (the log-mel of the zero-padded window, with its own maximum).
 
@@ -44,6 +46,7 @@ from audio import HOP_LENGTH, SAMPLE_RATE, AudioError, clip_frames, eval_feature
 from labels import VAD
 
 PROG = "predict.py"
+UNCERTAIN = "uncertain"  # the label of a file or window whose top probability is under min_confidence
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg") + ((".mp3",) if "MP3" in sf.available_formats() else ())
 
 
@@ -119,7 +122,13 @@ class Predictor:
     """
 
     def __init__(self, net: modellib.EmotionModel, device: str | torch.device | None = None, *,
-                 hop: float | None = None, batch_size: int = 32, precision: str = "auto"):
+                 hop: float | None = None, batch_size: int = 32, precision: str = "auto",
+                 min_confidence: float | None = None):
+        """``min_confidence``: a file or window whose top probability is below it is labelled ``UNCERTAIN``
+        (its probabilities are kept); None: always the most probable class."""
+        if min_confidence is not None and not 0 < min_confidence < 1:
+            raise ValueError(f"min_confidence must be between 0 and 1 (exclusive), got {min_confidence}")
+        self.min_confidence = min_confidence
         self.runtime = modellib.Runtime.resolve(device, precision)  # as training evaluates: bf16 on a GPU
         self.net = net.to(self.device).eval()
         self.labels: list[str] = list(net.config.labels)
@@ -206,16 +215,21 @@ class Predictor:
         temperature = self.net.config.temperature
         probs = calibration.calibrated(raw, temperature)  # each window's: softmax(logits / T)
         vad = np.stack([o["vad"] for o in job.outputs]) if self.has_vad else None  # [W, 3]
-        windows = [Window(start / sr, min(start + self.window, n) / sr, self.labels[int(p.argmax())],
+        windows = [Window(start / sr, min(start + self.window, n) / sr, self._label(p),
                           self._named(p), None if vad is None else _vad_dict(vad[k]))
                    for k, (start, p) in enumerate(zip(job.starts, probs, strict=True))]
         mean = calibration.calibrated(raw.mean(0, keepdims=True), temperature)[0]  # as evaluate.predict_split
-        return Prediction(label=self.labels[int(mean.argmax())], probabilities=self._named(mean),
+        return Prediction(label=self._label(mean), probabilities=self._named(mean),
                           vad=None if vad is None else _vad_dict(vad.mean(0)), windows=windows,
                           embedding=np.mean([o["embedding"] for o in job.outputs], axis=0), duration=n / sr)
 
     def _result(self, job: _Job) -> tuple[str, Prediction | str]:
         return job.name, (job.error if job.error is not None else self._finish(job))
+
+    def _label(self, probs: np.ndarray) -> str:
+        if self.min_confidence is not None and probs.max() < self.min_confidence:
+            return UNCERTAIN
+        return self.labels[int(probs.argmax())]
 
     def _named(self, probs: np.ndarray) -> dict[str, float]:
         return {name: float(p) for name, p in zip(self.labels, probs, strict=True)}
@@ -273,6 +287,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--per-window", action="store_true", help="also print every window with its times")
     parser.add_argument("--hop", type=float, default=None, help="window hop in seconds (default: half a window)")
     parser.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    parser.add_argument("--min-confidence", type=float, default=None, metavar="P",
+                        help=f"label a file or window {UNCERTAIN!r} when its top probability is below P (0 < P < 1; "
+                             "the probabilities are still printed)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--precision", choices=modellib.PRECISIONS, default="auto",
                         help="auto: bf16 autocast on GPU (as training evaluates), fp32 on CPU")
@@ -293,7 +310,8 @@ def load_predictor(args: argparse.Namespace) -> Predictor | None:
         print(f"{PROG}: error: cannot load checkpoint {args.checkpoint}: {cli.one_line(e)}", file=sys.stderr)
         return None
     try:
-        predictor = Predictor(net, device, hop=args.hop, batch_size=args.batch_size, precision=args.precision)
+        predictor = Predictor(net, device, hop=args.hop, batch_size=args.batch_size, precision=args.precision,
+                              min_confidence=args.min_confidence)
     except ValueError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return None

@@ -96,6 +96,25 @@ def test_evaluate_py_writes_a_table_and_json_keyed_by_corpus(emodb, tmp_path, ca
     assert "give CHECKPOINT DATA [DATA ...], or --compare RUN_A RUN_B" in capsys.readouterr().err
 
 
+def test_evaluate_py_says_what_abstaining_costs(emodb, tmp_path, capsys):
+    """--min-confidence: at each threshold the rows whose top probability reaches it, and their UA; 0+ keeps every
+    row (the UA of all), above every row's top probability none."""
+    net = random_model(labels=label_names("ravdess"), vad_head=False, n_frames=100)
+    checkpoint.save_model(net, tmp_path / "best.pt", extra={"trained": label_names("ravdess")})
+    out = tmp_path / "scores.json"
+    assert evaluate.main([str(tmp_path / "best.pt"), str(emodb), "--json", str(out), "--device", "cpu",
+                          "--min-confidence", "0.001", "0.3", "0.999"]) == 0
+    result = json.loads(out.read_text())["emodb"]
+    every, middle, none = result["abstaining"]
+    assert every == {"min_confidence": 0.001, "coverage": 1.0, "n": result["n"], "ua": pytest.approx(result["ua"]),
+                     "wa": pytest.approx(result["wa"])}
+    assert none["coverage"] == 0.0 and none["n"] == 0 and np.isnan(none["ua"])
+    assert 0 <= middle["coverage"] <= 1 and "abstaining below a top probability" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="2"):
+        evaluate.main([str(tmp_path / "best.pt"), str(emodb), "--min-confidence", "1.5"])
+    assert "--min-confidence 1.5: each P must be between 0 and 1" in capsys.readouterr().err
+
+
 def predictions(rows: dict[str, list]) -> pd.DataFrame:
     return pd.DataFrame({"split": "test", **rows})
 

@@ -201,7 +201,9 @@ def test_a_model_without_a_vad_head_says_so(tmp_path, audio_dir, run_cli):
 @pytest.mark.parametrize("args, message", [(["--batch-size", "0"], "batch_size must be at least 1, got 0"),
                                            (["--hop", "2"], "hop (32000 samples) must be positive and at most"),
                                            (["--hop", "x"], "argument --hop: invalid float value: 'x'"),
-                                           (["--format", "xml"], "argument --format: invalid choice: 'xml'")])
+                                           (["--format", "xml"], "argument --format: invalid choice: 'xml'"),
+                                           (["--min-confidence", "1"], "min_confidence must be between 0 and 1"),
+                                           (["--min-confidence", "0"], "min_confidence must be between 0 and 1")])
 def test_bad_arguments_are_one_line(args, message, checkpoint, audio_dir, capsys):
     try:
         status = predict.main(["--checkpoint", str(checkpoint), *args, str(audio_dir / "short_16k_mono.wav")])
@@ -209,3 +211,22 @@ def test_bad_arguments_are_one_line(args, message, checkpoint, audio_dir, capsys
         status = e.code
     err = capsys.readouterr().err
     assert status == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_min_confidence_labels_uncertain_below_it_and_keeps_the_probabilities(checkpoint, audio_dir, run_cli):
+    """A random model is unsure of everything: above its top probability every file and window is uncertain,
+    below it none is, and the probabilities are the same either way."""
+    path = str(audio_dir / "long_16k_stereo.flac")
+    plain = predict.Predictor.from_checkpoint(checkpoint, device="cpu").predict(path)
+    top = max(plain.probabilities.values())
+    unsure = predict.Predictor.from_checkpoint(checkpoint, device="cpu", min_confidence=top + 1e-3).predict(path)
+    sure = predict.Predictor.from_checkpoint(checkpoint, device="cpu", min_confidence=top - 1e-3).predict(path)
+    assert unsure.label == predict.UNCERTAIN and sure.label == plain.label != predict.UNCERTAIN
+    assert unsure.probabilities == plain.probabilities
+    for w, p in zip(unsure.windows, plain.windows, strict=True):
+        assert w.label == (predict.UNCERTAIN if max(p.probabilities.values()) < top + 1e-3 else p.label)
+    status, out, _ = run_cli("--checkpoint", str(checkpoint), "--min-confidence", f"{top + 1e-3}", "--format", "json",
+                             path)
+    (row,) = json.loads(out)
+    assert status == 0 and row["label"] == predict.UNCERTAIN and row["probabilities"] == pytest.approx(
+        plain.probabilities)
