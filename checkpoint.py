@@ -6,6 +6,8 @@
   (a ``ModelConfig`` whose dims are the checkpoint's).
 - ``save_model``/``load_model`` write and read one self-describing file (``FORMAT``) that rebuilds the
   model without the original Whisper checkpoint; ``atomic_save`` never leaves a half-written file.
+- ``export_onnx``/``OnnxModel`` write the whole model as ONNX (log-mel in; probabilities at its temperature,
+  logits, embedding and VAD out; its ``ModelConfig`` in the file's metadata) and run it with onnxruntime.
 
 As openai-whisper keeps loading in its ``__init__.py``, the network (``model.py``) knows nothing of this.
 """
@@ -31,6 +33,8 @@ from whisper.model import ModelDimensions
 from model import DIMS, EmotionModel, Encoder, ModelConfig, check_n_frames, resolve_device
 
 FORMAT = "whisper-ser/1"
+ONNX_INPUTS = ("mel", "frames")  # [batch, n_mels, n_frames] float32 log-mel, [batch] int64 frames holding the clip
+ONNX_OUTPUTS = ("probs", "logits", "embedding", "vad")  # vad only where the model has a VAD head
 DOWNLOAD_TIMEOUT_S = 30.0
 
 
@@ -198,3 +202,85 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> Em
     except (TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"{path}: config or weights do not form a model: {e}") from None
     return model.to(resolve_device(device)).eval()
+
+
+# ----------------------------------------------------------------------------- ONNX
+
+
+class _Exported(torch.nn.Module):
+    """The network as exported: (mel, frames) -> probabilities at the temperature, logits, embedding[, vad]."""
+
+    def __init__(self, net: EmotionModel):
+        super().__init__()
+        self.net = net
+
+    def forward(self, mel: Tensor, frames: Tensor) -> tuple[Tensor, ...]:
+        y = self.net(mel, frames)
+        logits = y["logits"].float()
+        out = ((logits / self.net.config.temperature).softmax(-1), logits, y["embedding"].float())
+        return out if y["vad"] is None else (*out, y["vad"].float())
+
+
+def export_onnx(net: EmotionModel, path: str | Path) -> Path:
+    """Write ``net`` (on the CPU, in eval mode) to ``path`` as ONNX with a dynamic batch axis.
+
+    Inputs ``ONNX_INPUTS``: ``mel`` [batch, n_mels, n_frames] float32 (``audio.eval_features``) and ``frames``
+    [batch] int64 (the frames that hold each clip; ``audio.clip_frames``). Outputs ``ONNX_OUTPUTS``: ``probs``
+    [batch, n_labels] (softmax of the logits over the temperature), ``logits``, ``embedding`` [batch, D] and,
+    where the model has one, ``vad`` [batch, 3]. Metadata: ``format`` (``FORMAT``), ``labels`` (JSON),
+    ``temperature``, ``n_frames``, ``n_mels`` and ``config`` (the ``ModelConfig`` as JSON, which ``OnnxModel``
+    reads)."""
+    import json
+
+    import onnx
+
+    path = Path(path)
+    net = net.to("cpu").eval()
+    exported = _Exported(net).eval()
+    cfg = net.config
+    mel = torch.zeros(2, cfg.n_mels, cfg.n_frames)
+    frames = torch.tensor([cfg.n_frames, cfg.n_frames // 2])
+    outputs = ONNX_OUTPUTS if cfg.vad_head else ONNX_OUTPUTS[:-1]
+    batch = torch.export.Dim("batch")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
+        torch.onnx.export(exported, (mel, frames), str(path), input_names=list(ONNX_INPUTS), output_names=list(outputs),
+                          dynamo=True, dynamic_shapes={"mel": {0: batch}, "frames": {0: batch}}, external_data=False)
+    model = onnx.load(str(path))
+    metadata = {"format": FORMAT, "labels": json.dumps(cfg.labels), "temperature": repr(cfg.temperature),
+                "n_frames": str(cfg.n_frames), "n_mels": str(cfg.n_mels), "config": json.dumps(asdict(cfg))}
+    onnx.helper.set_model_props(model, metadata)
+    onnx.save(model, str(path))
+    return path
+
+
+class OnnxModel:
+    """An ``export_onnx`` file run by onnxruntime on the CPU, called as ``EmotionModel`` is: ``model(mel, frames)``
+    -> {"logits", "embedding", "vad"} tensors (``vad`` None without a VAD head); ``config`` is its ``ModelConfig``."""
+
+    def __init__(self, path: str | Path):
+        import json
+
+        import onnxruntime
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX file {path} does not exist")
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for a file that is not ONNX
+            raise ValueError(f"{path} is not a readable ONNX model: {type(e).__name__}: {e}") from None
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        if metadata.get("format") != FORMAT or "config" not in metadata:
+            raise ValueError(f"{path} is an ONNX model without this project's metadata (format {FORMAT!r} and its "
+                             f"config; found keys {sorted(metadata)}): export one with predict.py --export-onnx")
+        self.config = ModelConfig(**json.loads(metadata["config"]))
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, mel: Tensor, frames: Tensor | None = None) -> dict[str, Tensor | None]:
+        if frames is None:
+            frames = torch.full((len(mel),), mel.shape[-1], dtype=torch.int64)
+        values = self.session.run(None, {"mel": mel.float().cpu().numpy(), "frames": frames.cpu().numpy()})
+        out = {name: torch.from_numpy(v) for name, v in zip(self.outputs, values, strict=True)}
+        return {"logits": out["logits"], "embedding": out["embedding"], "vad": out.get("vad")}
+

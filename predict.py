@@ -115,13 +115,14 @@ class _Job:
 
 
 class Predictor:
-    """A trained ``EmotionModel`` applied to whole files on sliding windows.
+    """A trained model applied to whole files on sliding windows: an ``EmotionModel``, or its ONNX export run by
+    onnxruntime (``checkpoint.OnnxModel``); the reading of files, the windows and their log-mel are the same.
 
-    >>> p = Predictor.from_checkpoint("runs/demo/supervised/best.pt")
+    >>> p = Predictor.from_checkpoint("runs/demo/supervised/best.pt")     # or Predictor.from_onnx("model.onnx")
     >>> p.predict("clip.wav").label
     """
 
-    def __init__(self, net: modellib.EmotionModel, device: str | torch.device | None = None, *,
+    def __init__(self, net: modellib.EmotionModel | checkpoint.OnnxModel, device: str | torch.device | None = None, *,
                  hop: float | None = None, batch_size: int = 32, precision: str = "auto",
                  min_confidence: float | None = None):
         """``min_confidence``: a file or window whose top probability is below it is labelled ``UNCERTAIN``
@@ -130,7 +131,7 @@ class Predictor:
             raise ValueError(f"min_confidence must be between 0 and 1 (exclusive), got {min_confidence}")
         self.min_confidence = min_confidence
         self.runtime = modellib.Runtime.resolve(device, precision)  # as training evaluates: bf16 on a GPU
-        self.net = net.to(self.device).eval()
+        self.net = net.to(self.device).eval() if isinstance(net, modellib.EmotionModel) else net
         self.labels: list[str] = list(net.config.labels)
         self.n_frames: int = net.config.n_frames
         self.window = self.n_frames * HOP_LENGTH  # samples
@@ -146,6 +147,11 @@ class Predictor:
         """Load a checkpoint written by ``checkpoint.save_model`` (e.g. a run's ``best.pt``)."""
         device = modellib.resolve_device(device)
         return cls(checkpoint.load_model(path, device=device), device, **kw)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, **kw) -> Predictor:
+        """Load a model ``checkpoint.export_onnx`` wrote (``predict.py --export-onnx``), run on the CPU."""
+        return cls(checkpoint.OnnxModel(path), "cpu", **kw)
 
     @property
     def device(self) -> torch.device:
@@ -281,8 +287,11 @@ def format_rows(name: str, pred: Prediction, labels: list[str], per_window: bool
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = cli.ArgumentParser(prog=PROG, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="audio files or directories")
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint.save_model file (a run's best.pt)")
+    parser.add_argument("inputs", nargs="*", metavar="FILE_OR_DIR", help="audio files or directories")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint.save_model file (a run's best.pt), or its "
+                                                            "ONNX export (a .onnx file, run by onnxruntime)")
+    parser.add_argument("--export-onnx", type=Path, default=None, metavar="OUT.onnx",
+                        help="write the checkpoint as ONNX (checkpoint.export_onnx) and exit")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
     parser.add_argument("--per-window", action="store_true", help="also print every window with its times")
     parser.add_argument("--hop", type=float, default=None, help="window hop in seconds (default: half a window)")
@@ -297,15 +306,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="write the files' embeddings [N, D] float32 here")
     parser.add_argument("--embeddings-index", type=Path, default=None, metavar="PATH",
                         help="CSV of the file names in the embeddings' row order (default: OUT.csv)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.inputs and args.export_onnx is None:
+        parser.error("give audio files or directories to predict (or --export-onnx OUT.onnx)")
+    if args.export_onnx is not None and args.inputs:
+        parser.error("--export-onnx writes the model and exits: give no audio files with it")
+    return args
 
 
 def load_predictor(args: argparse.Namespace) -> Predictor | None:
     """The command line's ``Predictor``, or None after one line on stderr naming what is wrong with the
     checkpoint or the arguments; says on stderr when the model has no VAD head."""
-    device = modellib.resolve_device(args.device)
+    onnx = Path(args.checkpoint).suffix == ".onnx"
+    device = modellib.resolve_device("cpu" if onnx else args.device)
     try:
-        net = checkpoint.load_model(args.checkpoint, device=device)
+        net = checkpoint.OnnxModel(args.checkpoint) if onnx else checkpoint.load_model(args.checkpoint, device=device)
     except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as e:
         print(f"{PROG}: error: cannot load checkpoint {args.checkpoint}: {cli.one_line(e)}", file=sys.stderr)
         return None
@@ -331,6 +346,16 @@ def _main(argv: list[str]) -> int:
     predictor = load_predictor(args)
     if predictor is None:
         return 2
+    if args.export_onnx is not None:
+        if not isinstance(predictor.net, modellib.EmotionModel):
+            print(f"{PROG}: error: --export-onnx needs a checkpoint (best.pt); {args.checkpoint} is ONNX already",
+                  file=sys.stderr)
+            return 2
+        checkpoint.export_onnx(predictor.net, args.export_onnx)
+        print(f"wrote {args.export_onnx}: log-mel [batch, {predictor.net.config.n_mels}, {predictor.n_frames}] and "
+              f"frames [batch] -> probabilities over {predictor.labels} at temperature "
+              f"{predictor.net.config.temperature:.3f}, logits, embedding{', VAD' if predictor.has_vad else ''}")
+        return 0
     files, missing = find_audio(args.inputs)
     for name, reason in missing:
         fail(name, reason)

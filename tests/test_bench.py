@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, write_wav
+from conftest import ROOT, random_model, write_wav
 from test_corpora import make_emodb
 from torch.utils.flop_counter import FlopCounterMode
 from whisper.model import MultiHeadAttention
@@ -19,8 +19,10 @@ from whisper.model import MultiHeadAttention
 import checkpoint
 import evaluate
 from bench import cross_corpus, folds
+from bench import predict as bench_predict
 from bench.common import record
 from bench.throughput import encoder_flops, settings
+from labels import label_names
 
 
 @pytest.mark.parametrize("name, n_frames", [("tiny", 300), ("base", 100)])
@@ -157,3 +159,19 @@ def test_cross_corpus_trains_per_corpus_and_scores_every_pair(tmp_path, monkeypa
     assert [row["trained on"] for _, row in rows] == ["ravdess", "emodb"]
     assert rows[0][1]["on emodb: UA − smoke [95% CI], p: shared; 4 classes"].startswith("0.00 [0.00, 0.00], p = 1.00")
     assert "4 classes: UA [95% CI]" in capsys.readouterr().out
+
+
+def test_bench_predict_times_pytorch_and_onnx_on_the_same_files(tmp_path, monkeypatch):
+    """bench/predict.py on a RAVDESS replica with a random checkpoint: both rates, their ratio, and the two
+    agreeing on every probability."""
+    net = random_model(pooling="mean", n_frames=100, labels=label_names("ravdess"))
+    checkpoint.save_model(net, tmp_path / "best.pt")
+    rows = []
+    monkeypatch.setattr(bench_predict, "record", lambda section, row: rows.append((section, row)))
+    bench_predict.main(["--checkpoint", str(tmp_path / "best.pt"), "--ravdess", str(ravdess_replica(tmp_path / "r")),
+                        "--files", "6", "--every", "7", "--repeats", "1"])
+    ((section, row),) = rows
+    assert section == "Prediction on the CPU: PyTorch and ONNX" and row["files"] == "6 RAVDESS clips"
+    ratio = float(row["onnxruntime files/s"]) / float(row["PyTorch files/s"])
+    assert abs(float(row["onnxruntime / PyTorch"].removesuffix("x")) - ratio) < 0.02  # the rates are rounded
+    assert float(row["largest probability difference"]) < 1e-4
