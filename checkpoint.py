@@ -9,16 +9,21 @@
 - ``export_onnx``/``OnnxModel`` write the whole model as ONNX (log-mel in; probabilities at its temperature,
   logits, embedding and VAD out; its ``ModelConfig`` in the file's metadata) and run it with onnxruntime.
 
+- ``push`` (``python checkpoint.py push RUN_DIR REPO_ID``) uploads a run's model, card, config and ONNX export to
+  the Hugging Face Hub.
+
 As openai-whisper keeps loading in its ``__init__.py``, the network (``model.py``) knows nothing of this.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import os
 import pickle
 import socket
+import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -30,6 +35,7 @@ import whisper
 from torch import Tensor
 from whisper.model import ModelDimensions
 
+import cli
 from model import DIMS, EmotionModel, Encoder, ModelConfig, check_n_frames, resolve_device
 
 FORMAT = "whisper-ser/1"
@@ -284,3 +290,52 @@ class OnnxModel:
         out = {name: torch.from_numpy(v) for name, v in zip(self.outputs, values, strict=True)}
         return {"logits": out["logits"], "embedding": out["embedding"], "vad": out.get("vad")}
 
+
+
+# ----------------------------------------------------------------------------- the Hugging Face Hub
+
+PUSHED = ("best.pt", "README.md", "config.json", "model.onnx")  # what push uploads from a run directory
+
+
+def push(run_dir: str | Path, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
+    """Upload a finished run's ``PUSHED`` files to the Hub model repository ``repo_id`` (created when absent): its
+    ``best.pt``, model card ``README.md`` (``card.py``), ``config.json`` and ``model.onnx`` (exported here from
+    ``best.pt`` when the run has none). Returns the commit's URL. A run without the first three is a
+    FileNotFoundError naming what is missing; a failed upload a ConnectionError naming the Hub's address."""
+    import huggingface_hub
+
+    run_dir = Path(run_dir)
+    missing = [name for name in PUSHED[:3] if not (run_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir} is not a finished run: it has no {', '.join(missing)}")
+    if not (run_dir / "model.onnx").is_file():
+        export_onnx(load_model(run_dir / "best.pt", device="cpu"), run_dir / "model.onnx")
+    api = huggingface_hub.HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.upload_folder(folder_path=run_dir, repo_id=repo_id, allow_patterns=list(PUSHED),
+                                   commit_message=f"Upload {run_dir.name}")
+    except Exception as e:  # the HTTP client's errors: no route, DNS, refused, timeouts, 401/403
+        raise ConnectionError(f"could not upload {run_dir} to {api.endpoint} as {repo_id}: {cli.one_line(e)}") from e
+    return commit.commit_url
+
+
+def _main(argv: list[str]) -> None:
+    parser = cli.ArgumentParser(prog="checkpoint.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    upload = commands.add_parser("push", help="upload a run's best.pt, model card, config.json and model.onnx")
+    upload.add_argument("run_dir", type=Path)
+    upload.add_argument("repo_id", help="the Hub model repository, e.g. user/whisper-ser-ravdess")
+    upload.add_argument("--private", action="store_true")
+    args = parser.parse_args(argv)
+    print(f"uploaded {args.run_dir} to {push(args.run_dir, args.repo_id, private=args.private)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python checkpoint.py push RUN_DIR REPO_ID``; an error is one line on stderr (``--debug``: the traceback)."""
+    return cli.run(_main, argv, "checkpoint.py")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -35,6 +35,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+import card
 import checkpoint
 import cli
 import crossval
@@ -310,8 +311,7 @@ class Progress:
         return self.history[-1]
 
 
-def save_last(path: Path, net: torch.nn.Module, optimizer, scheduler, progress: Progress,
-              device: torch.device) -> None:
+def save_last(path: Path, net: torch.nn.Module, optimizer, scheduler, progress: Progress, device: torch.device) -> None:
     """Everything ``restore_last`` needs to continue the run exactly: weights, optimiser, schedule, RNG."""
     checkpoint.atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
@@ -333,11 +333,11 @@ def restore_last(path: Path, net: torch.nn.Module, optimizer, scheduler, device:
 
 class RunLog:
     """What rank 0 writes into the run directory: ``config.json``, TensorBoard scalars, ``metrics.jsonl`` (a line
-    per epoch, then the final metrics), ``results.json``, ``predictions.csv`` (``evaluate.PREDICTIONS``), and
-    lines on stdout; on other ranks it does nothing."""
+    per epoch, then the final metrics), ``results.json``, ``predictions.csv`` (``evaluate.PREDICTIONS``), the model
+    card ``README.md`` (``card.py``) and lines on stdout; on other ranks it does nothing."""
 
     def __init__(self, cfg: Config, main: bool, progress: Progress):
-        self.main = main
+        self.main, self.cfg = main, cfg
         if main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -376,7 +376,7 @@ class RunLog:
                        f"WA {record['val_wa']:.3f} F1 {record['val_macro_f1']:.3f}"
                        + (f"  ({record['skipped']} skipped)" if record["skipped"] else ""))
 
-    def final(self, result: dict, rows: pd.DataFrame) -> None:
+    def final(self, result: dict, rows: pd.DataFrame, splits: dict[str, datasets.Dataset]) -> None:
         if self.main:
             self._line({"final": {k: result[k] for k in ("validation", "test")}})
             self.jsonl.close()
@@ -386,9 +386,11 @@ class RunLog:
             t = result["test"]
             print(f"test: UA {stats.format_interval(t['ua'], t['ua_ci'])} (95 % interval over {t['speakers']} "
                   f"speakers)  WA {t['wa']:.3f}  macro-F1 {t['macro_f1']:.3f}"
-                  + "".join(f"  CCC {n[4:]} {t[n]:.3f}" for n in t if n.startswith("ccc_")))
-            print(f"calibration, temperature {t['temperature']:.3f}: test ECE {t['ece_before']:.3f} -> {t['ece']:.3f}"
-                  f"  NLL {t['nll_before']:.3f} -> {t['nll']:.3f}  Brier {t['brier_before']:.3f} -> {t['brier']:.3f}")
+                  + "".join(f"  CCC {n[4:]} {t[n]:.3f}" for n in t if n.startswith("ccc_"))
+                  + f"\ncalibration, temperature {t['temperature']:.3f}: test ECE {t['ece_before']:.3f} -> "
+                  f"{t['ece']:.3f}  NLL {t['nll_before']:.3f} -> {t['nll']:.3f}  Brier {t['brier_before']:.3f} -> "
+                  f"{t['brier']:.3f}")
+            card.write_card(self.cfg, result, splits)
 
     def _line(self, record: dict) -> None:
         self.jsonl.write(json.dumps(record) + "\n")
@@ -475,16 +477,13 @@ def fit(cfg: Config) -> dict:
                               skip_nonfinite=cfg.skip_nonfinite)
     metrics = evaluate.calibrate(net, final, cfg.calibrate, best if process.main else None)
     result = {**metrics, "history": progress.history, "skipped": progress.skipped, "seed": cfg.seed}
-    log.final(result, final.rows)
+    log.final(result, final.rows, splits)
     return result
 
 
 def _main(argv: list[str]) -> None:
     cfg = parse_args(argv, description=__doc__)
-    if cfg.folds:
-        crossval.write_summary(cfg, crossval.run(cfg, fit))
-    else:
-        fit(cfg)
+    crossval.write_summary(cfg, crossval.run(cfg, fit)) if cfg.folds else fit(cfg)
     distributed.teardown()
 
 
