@@ -95,3 +95,12 @@ def test_a_run_fits_the_temperature_on_validation_and_everything_applies_it(synt
     off = train.fit(dataclasses.replace(cfg, calibrate=False, run_dir=str(tmp_path / "off")))
     assert off["test"]["temperature"] == 1.0 and off["test"]["ece"] == off["test"]["ece_before"]
     assert checkpoint.load_model(tmp_path / "off" / "best.pt", device="cpu").config.temperature == 1.0
+
+
+def test_a_probe_gets_its_temperature_too(synthetic_dir, tmp_path):
+    """The frozen encoder's linear probe (folded into the classifier head, as a contrastive run's is) is calibrated
+    the same way: its best.pt keeps the temperature fitted on validation."""
+    result = train.fit(tiny_config(synthetic_dir, tmp_path / "probe", objective="probe"))
+    net = checkpoint.load_model(tmp_path / "probe" / "best.pt", device="cpu")
+    assert net.config.temperature == result["validation"]["temperature"] != 1.0
+    assert result["validation"]["nll"] <= result["validation"]["nll_before"] + 1e-9
