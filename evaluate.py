@@ -198,7 +198,8 @@ def evaluate(net: EmotionModel, loaders: Mapping[str, data.Loader], names: tuple
 
 def calibrate(net: EmotionModel, scored: Evaluation, fit: bool, save_to: Path | None) -> dict:
     """With ``fit``, set ``net``'s temperature to the one that minimises the validation split's NLL
-    (``calibration.fit_temperature``) and write it into the checkpoint ``save_to`` (None: rank 0 writes it);
+    (``calibration.fit_temperature``) and write it into the checkpoint ``save_to`` (None: write nothing, as on
+    every rank but the first);
     returns ``scored``'s metrics with each split's ECE, NLL and Brier score at that temperature (``ece``, ``nll``,
     ``brier``) and at 1 (``*_before``), and the ``temperature``. No prediction changes."""
     if fit:

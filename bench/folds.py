@@ -8,6 +8,7 @@ EmoDB in ``../shared/emodb``, over training seeds.
     python bench/folds.py --name supcon -- --objective supcon              # contrastive, then its probe
     python bench/folds.py --name supcon_ft --init-from supcon              # ... then supervised fine-tuning
     python bench/folds.py --corpus emodb --name default                    # EmoDB's five folds
+    python bench/folds.py --name simclr_tapt --pool-with emodb -- --objective simclr   # pre-trained on both corpora
 
 Everything after ``--`` is passed to ``train.py`` (``python train.py --help``); ``--folds``, ``--run-dir`` and
 ``--seed`` are set here. RAVDESS: each fold tests on three actors, validates on two others (one male, one female:
@@ -19,6 +20,9 @@ per seed, then the row it appends to BENCHMARKS.md: validation and test UA avera
 the seeds) and pooled over every fold and seed with its speaker-bootstrap interval (a speaker's clips under every
 seed resample together), and with ``--reference NAME`` the paired difference in test UA to that recipe's runs
 (``evaluate.compare_runs``: seed by seed, or each seed with the reference's single seed), per fold and pooled.
+With ``--pool-with CORPUS`` each fold also trains on that corpus's fold of the same number (cycling through its
+folds): a contrastive pre-training on every training split at hand, or pooled supervised training; the row scores
+the folds' own corpus's rows only.
 """
 
 from __future__ import annotations
@@ -54,7 +58,6 @@ CORPORA = {  # --corpus -> its folds, default raw folder, runs, BENCHMARKS secti
     "emodb": (list(splits.FOLDS["emodb"]), ROOT.parent / "shared" / "emodb", ROOT / "runs" / "emodb_folds",
               "Recipes by encoder and seed: EmoDB, five speaker-independent folds"),
 }
-METRICS = {"ua": "UA", "wa": "WA", "macro_f1": "macro-F1"}
 
 
 def prepare_fold(corpus: str, raw: Path, data_dir: Path, fold: int) -> Path:
