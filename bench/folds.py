@@ -214,13 +214,20 @@ def recipe_row(args: argparse.Namespace, train_argv: list[str], folds: list[int]
                                                for results in by_seed.values())
     row["paired test UA difference to the reference (pooled) [95% CI], p"] = "—"
     if args.reference:
-        table = evaluate.compare_runs(runs / args.name, runs / args.reference, on_b=bool(args.pool_with))
-        print(f"test UA of {args.name} minus {args.reference}, per fold (seeds pooled) and pooled:\n"
+        ran = sorted(int(p.name.removeprefix("seed")) for p in (runs / args.name).glob("seed*"))
+        # this call's seed alone when others ran before it; else every seed the recipe has, named in the row
+        one = f"seed{args.seeds[0]}" if len(args.seeds) == 1 else None
+        compared = runs / args.name / one if one else runs / args.name
+        reference = runs / args.reference / one if one and (runs / args.reference / one).is_dir() else \
+            runs / args.reference
+        seeds = args.seeds if one else ran
+        table = evaluate.compare_runs(compared, reference, on_b=bool(args.pool_with))
+        print(f"test UA of {args.name} (seeds {seeds}) minus {args.reference}, per fold (seeds pooled) and pooled:\n"
               f"{table.to_string(float_format=lambda v: f'{v:.3f}')}")
         d = table.iloc[-1]
         row["paired test UA difference to the reference (pooled) [95% CI], p"] = (
-            f"− {args.reference}: {stats.format_interval(d['difference'], (d['ci_low'], d['ci_high']))}, "
-            f"p = {d['p']:.3f}")
+            f"− {args.reference}{f' (seeds {seeds})' if seeds != args.seeds else ''}: "
+            f"{stats.format_interval(d['difference'], (d['ci_low'], d['ci_high']))}, p = {d['p']:.3f}")
     if all("ece" in r["test"] for r in everything.values()):
         row["test ECE at temperature 1 → fitted (mean ± sd over runs)"] = " → ".join(
             crossval.mean_sd([r["test"][k] for r in everything.values()]) for k in ("ece_before", "ece"))
