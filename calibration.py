@@ -56,7 +56,7 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
 def reliability(probs: np.ndarray, y: np.ndarray, bins: int = BINS) -> dict[str, np.ndarray]:
     """The reliability diagram's figures over ``bins`` equal-width bins of the top probability (bin b holds
     confidences in (b/B, (b+1)/B], the first also 0): ``confidence`` (mean top probability; NaN where empty),
-    ``accuracy`` (NaN where empty) and ``count`` [B] each, and the bins' ``edges`` [B + 1]."""
+    ``accuracy`` (NaN where empty) and ``count`` [B] each, the bins' ``edges`` [B + 1], and their ``ece``."""
     probs = np.asarray(probs, dtype=np.float64)
     confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == np.asarray(y)
     edges = np.linspace(0.0, 1.0, bins + 1)
@@ -65,16 +65,15 @@ def reliability(probs: np.ndarray, y: np.ndarray, bins: int = BINS) -> dict[str,
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_confidence = np.bincount(which, weights=confidence, minlength=bins) / count
         accuracy = np.bincount(which, weights=correct, minlength=bins) / count
-    return {"confidence": mean_confidence, "accuracy": accuracy, "count": count, "edges": edges}
+    filled = count > 0
+    ece = float((count[filled] * np.abs(accuracy[filled] - mean_confidence[filled])).sum() / len(confidence))
+    return {"confidence": mean_confidence, "accuracy": accuracy, "count": count, "edges": edges, "ece": ece}
 
 
 def calibration_metrics(probs: np.ndarray, y: np.ndarray, bins: int = BINS) -> dict[str, float]:
     """``ece`` (``bins`` equal-width bins of the top probability), ``nll`` and ``brier`` of ``probs`` [N, K]
     against the true classes ``y`` [N] (module docstring)."""
     probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y)
-    r = reliability(probs, y, bins)
-    filled = r["count"] > 0
-    gap = np.abs(r["accuracy"][filled] - r["confidence"][filled])
     onehot = np.eye(probs.shape[1])[y]
-    return {"ece": float((r["count"][filled] * gap).sum() / len(y)), "nll": nll(probs, y),
+    return {"ece": reliability(probs, y, bins)["ece"], "nll": nll(probs, y),
             "brier": float(((probs - onehot) ** 2).sum(axis=1).mean())}

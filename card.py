@@ -43,13 +43,16 @@ METRICS = {"ua": ("recall", "UA (unweighted average recall)"), "wa": ("accuracy"
            "macro_f1": ("f1", "macro-F1")}
 
 
+def whisper_name(whisper: str) -> str:
+    """The model a ``--whisper`` value names: ``tiny.en`` of ``.../tiny.en.pt``, ``base`` of
+    ``.../base.encoder.pt``, ``random:tiny`` as it is."""
+    return Path(whisper).name.removesuffix(".pt").removesuffix(".encoder")
+
+
 def base_model(whisper: str) -> str | None:
     """The Hub id of the Whisper model a ``--whisper`` value names (a name, or a file such as ``tiny.en.pt`` or
     ``base.encoder.pt``); None for ``random:<name>`` or an unknown file."""
-    if whisper.startswith("random:"):
-        return None
-    stem = Path(whisper).name.removesuffix(".pt").removesuffix(".encoder")
-    return BASE_MODELS.get(stem)
+    return None if whisper.startswith("random:") else BASE_MODELS.get(whisper_name(whisper))
 
 
 def recipe(cfg: Config) -> dict[str, object]:

@@ -96,15 +96,14 @@ def plot_reliability(curves: dict[str, dict[str, np.ndarray]], title: str = "rel
                      path: str | Path | None = None) -> Figure:
     """Reliability diagram: per bin of the top probability, the accuracy against the mean confidence (the
     diagonal is a calibrated model) above, the number of rows below; one colour per curve (name ->
-    ``calibration.reliability``'s ``confidence``, ``accuracy``, ``count`` [B], ``edges`` [B + 1]), with its ECE
-    in the legend."""
+    ``calibration.reliability``'s ``confidence``, ``accuracy``, ``count`` [B], ``edges`` [B + 1] and ``ece``), with
+    its ECE in the legend."""
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, height_ratios=(3, 1),
                                       constrained_layout=True)
     top.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
     for k, (name, r) in enumerate(curves.items()):
         filled = r["count"] > 0
-        ece = (r["count"][filled] * np.abs(r["accuracy"][filled] - r["confidence"][filled])).sum() / r["count"].sum()
-        top.plot(r["confidence"][filled], r["accuracy"][filled], marker="o", label=f"{name} (ECE {ece:.3f})")
+        top.plot(r["confidence"][filled], r["accuracy"][filled], marker="o", label=f"{name} (ECE {r['ece']:.3f})")
         width = np.diff(r["edges"]) / len(curves)
         bottom.bar(r["edges"][:-1] + k * width, r["count"], width=width, align="edge", label=name)
     top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)

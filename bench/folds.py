@@ -38,6 +38,7 @@ from collections.abc import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+import card  # noqa: E402
 import crossval  # noqa: E402
 import data  # noqa: E402
 import evaluate  # noqa: E402
@@ -71,11 +72,6 @@ def prepare_fold(corpus: str, raw: Path, data_dir: Path, fold: int) -> Path:
             dsd = prepare.prepare_emodb(raw, fold=fold)
         data.save(dsd, path)
     return path
-
-
-def model_name(whisper: str) -> str:
-    """The encoder's name in a row: ``tiny.en`` of ``.../tiny.en.pt``, ``base`` of ``.../base.encoder.pt``."""
-    return Path(whisper).name.removesuffix(".pt").removesuffix(".encoder")
 
 
 def shown(whisper: str) -> str:
@@ -119,12 +115,16 @@ def pooled_fit(data_of: dict[str, tuple[str, ...]]) -> Callable[[Config], dict]:
     return fit
 
 
-def on_corpus(results: dict[str, dict], prepared: tuple[str, ...]) -> dict[str, dict]:
-    """The results of pooled-corpus runs scored on the rows of the folds' own corpus (``prepared``, in the order of
-    ``results``): predictions kept to its rows, each split's UA recomputed from them."""
+def scored_ids(prepared: tuple[str, ...]) -> list[set[str]]:
+    """The validation and test ids of each prepared fold."""
+    return [{i for split in ("validation", "test") for i in data.load_corpus(path, split)["id"]} for path in prepared]
+
+
+def on_corpus(results: dict[str, dict], own: list[set[str]]) -> dict[str, dict]:
+    """The results of pooled-corpus runs scored on the rows of the folds' own corpus (``own``: each fold's
+    ``scored_ids``, in the order of ``results``): predictions kept to its rows, each split's UA recomputed."""
     out = {}
-    for (name, result), path in zip(results.items(), prepared, strict=True):
-        ids = {i for split in ("validation", "test") for i in data.load_corpus(path, split)["id"]}
+    for (name, result), ids in zip(results.items(), own, strict=True):
         kept = {**result, "predictions": result["predictions"][result["predictions"]["id"].isin(ids)]}
         out[name] = {**kept, **{split: {**result[split], "ua": crossval.pooled({name: kept}, split)["ua"]}
                                 for split in ("validation", "test")}}
@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     data_of = {path: (path, *(str(prepare_fold(other, raw[other], args.data_dir, pooled_fold(other, k)))
                               for other in args.pool_with)) for path, k in zip(prepared, folds, strict=True)}
     inits = init_runs(runs, args.init_from, args.seeds) if args.init_from else {}
+    own = scored_ids(prepared) if args.pool_with else []
     by_seed = {}
     for seed, run_dir in seed_runs(runs, args.name, args.seeds).items():
         cfg = dataclasses.replace(base, folds=prepared, run_dir=str(run_dir), seed=seed,
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         by_seed[seed] = crossval.run(cfg, pooled_fit(data_of) if args.pool_with else train.fit)
         print(crossval.summary(cfg, by_seed[seed]))
         if args.pool_with:
-            by_seed[seed] = on_corpus(by_seed[seed], prepared)
+            by_seed[seed] = on_corpus(by_seed[seed], own)
     row = recipe_row(args, train_argv, folds, by_seed, runs)
     print("\n".join(f"{k}: {v}" for k, v in row.items()))
     record(section, row)
@@ -203,7 +204,7 @@ def recipe_row(args: argparse.Namespace, train_argv: list[str], folds: list[int]
                f"{flags(('--reference', args.reference))}"
                f"{' -- ' + ' '.join(train_argv) if train_argv else ''}`")
     everything = {f"seed{s}/{fold}": r for s, results in by_seed.items() for fold, r in results.items()}
-    row = {"recipe": args.name, "model": model_name(args.whisper), "command": command,
+    row = {"recipe": args.name, "model": card.whisper_name(args.whisper), "command": command,
            "folds": ",".join(map(str, folds)), "seeds": ",".join(map(str, args.seeds))}
     for split in ("validation", "test"):
         row[f"{split} UA, folds' mean (sd over seeds)"] = crossval.mean_sd(
@@ -214,20 +215,14 @@ def recipe_row(args: argparse.Namespace, train_argv: list[str], folds: list[int]
                                                for results in by_seed.values())
     row["paired test UA difference to the reference (pooled) [95% CI], p"] = "—"
     if args.reference:
-        ran = sorted(int(p.name.removeprefix("seed")) for p in (runs / args.name).glob("seed*"))
-        # this call's seed alone when others ran before it; else every seed the recipe has, named in the row
-        one = f"seed{args.seeds[0]}" if len(args.seeds) == 1 else None
-        compared = runs / args.name / one if one else runs / args.name
-        reference = runs / args.reference / one if one and (runs / args.reference / one).is_dir() else \
-            runs / args.reference
-        seeds = args.seeds if one else ran
-        table = evaluate.compare_runs(compared, reference, on_b=bool(args.pool_with))
-        print(f"test UA of {args.name} (seeds {seeds}) minus {args.reference}, per fold (seeds pooled) and pooled:\n"
+        table = evaluate.compare_runs(runs / args.name, runs / args.reference, on_b=bool(args.pool_with),
+                                      seeds=args.seeds)  # this call's seeds, not others the recipe ran before
+        print(f"test UA of {args.name} minus {args.reference}, per fold (seeds pooled) and pooled:\n"
               f"{table.to_string(float_format=lambda v: f'{v:.3f}')}")
         d = table.iloc[-1]
         row["paired test UA difference to the reference (pooled) [95% CI], p"] = (
-            f"− {args.reference}{f' (seeds {seeds})' if seeds != args.seeds else ''}: "
-            f"{stats.format_interval(d['difference'], (d['ci_low'], d['ci_high']))}, p = {d['p']:.3f}")
+            f"− {args.reference}: {stats.format_interval(d['difference'], (d['ci_low'], d['ci_high']))}, "
+            f"p = {d['p']:.3f}")
     if all("ece" in r["test"] for r in everything.values()):
         row["test ECE at temperature 1 → fitted (mean ± sd over runs)"] = " → ".join(
             crossval.mean_sd([r["test"][k] for r in everything.values()]) for k in ("ece_before", "ece"))
