@@ -16,9 +16,10 @@ odd actors are male) and trains on the remaining seven (``FOLDS``); EmoDB: ``spl
 two validation, six training speakers). Folds are prepared once under ``--data-dir``; each seed of ``--seeds``
 is a cross-validation (``crossval.run``) in ``runs/folds/NAME/seedS/foldK`` (EmoDB: ``runs/emodb_folds/...``).
 Recipes are compared on validation UA only: the test columns are reported, never used to choose. Prints a table
-per seed, then the row it appends to BENCHMARKS.md: validation and test UA averaged over the folds (mean ± sd over
-the seeds) and pooled over every fold and seed with its speaker-bootstrap interval (a speaker's clips under every
-seed resample together), and with ``--reference NAME`` the paired difference in test UA to that recipe's runs
+per seed, then the row it appends to BENCHMARKS.md (a section per corpus and encoder): validation and test UA
+averaged over the folds (mean ± sd over the seeds) and pooled over every fold and seed with its speaker-bootstrap
+interval (a speaker's clips under every seed resample together), and with ``--reference NAME`` the paired
+difference in test UA to that recipe's runs
 (``evaluate.compare_runs``: seed by seed, or each seed with the reference's single seed), per fold and pooled.
 With ``--pool-with CORPUS`` each fold also trains on that corpus's fold of the same number (cycling through its
 folds): a contrastive pre-training on every training split at hand, or pooled supervised training; the row scores
@@ -53,11 +54,11 @@ ROOT = Path(__file__).resolve().parents[1]
 WHISPER = ROOT.parent / "shared" / "whisper"
 # fold -> (test actors, validation actors); the other actors of 1-12 train.
 FOLDS = {1: ((1, 2, 3), (4, 5)), 2: ((4, 5, 6), (7, 8)), 3: ((7, 8, 9), (10, 11)), 4: ((10, 11, 12), (1, 2))}
-CORPORA = {  # --corpus -> its folds, default raw folder, runs, BENCHMARKS section
+CORPORA = {  # --corpus -> its folds, default raw folder, runs, BENCHMARKS section (one per encoder)
     "ravdess": (list(FOLDS), ROOT.parent / "shared" / "ravdess", ROOT / "runs" / "folds",
-                "Recipes by encoder and seed: RAVDESS actors 01-12, four speaker-independent folds"),
+                "Recipes by seed: {model} on RAVDESS actors 01-12, four speaker-independent folds"),
     "emodb": (list(splits.FOLDS["emodb"]), ROOT.parent / "shared" / "emodb", ROOT / "runs" / "emodb_folds",
-              "Recipes by encoder and seed: EmoDB, five speaker-independent folds"),
+              "Recipes by seed: {model} on EmoDB, five speaker-independent folds"),
 }
 
 
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
             by_seed[seed] = on_corpus(by_seed[seed], own)
     row = recipe_row(args, train_argv, folds, by_seed, runs)
     print("\n".join(f"{k}: {v}" for k, v in row.items()))
-    record(section, row)
+    record(section.format(model=row["model"]), row)
 
 
 def recipe_row(args: argparse.Namespace, train_argv: list[str], folds: list[int], by_seed: dict[int, dict],

@@ -105,7 +105,8 @@ def test_folds_runs_seeds_and_pairs_them_with_a_single_reference(tmp_path, monke
         for k in (1, 2)}
     assert json.loads((runs / "ft" / "seed1" / "fold2" / "config.json").read_text())["seed"] == 1
     (_, probe), (section, ft) = rows
-    assert section.startswith("Recipes by encoder and seed: RAVDESS") and ft["seeds"] == "0,1"
+    assert section == "Recipes by seed: random:tiny on RAVDESS actors 01-12, four speaker-independent folds"
+    assert ft["seeds"] == "0,1"
     assert ft["model"] == "random:tiny" and probe["seeds"] == "0"
     assert len(ft["test UA pooled, by seed"].split(", ")) == 2
     before, after = ft["test ECE at temperature 1 → fitted (mean ± sd over runs)"].split(" → ")
