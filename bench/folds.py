@@ -19,8 +19,8 @@ Recipes are compared on validation UA only: the test columns are reported, never
 per seed, then the row it appends to BENCHMARKS.md (a section per corpus and encoder): validation and test UA
 averaged over the folds (mean ± sd over the seeds) and pooled over every fold and seed with its speaker-bootstrap
 interval (a speaker's clips under every seed resample together), and with ``--reference NAME`` the paired
-difference in test UA to that recipe's runs
-(``evaluate.compare_runs``: seed by seed, or each seed with the reference's single seed), per fold and pooled.
+difference in test UA to that recipe's runs (``evaluate.compare_runs``: seed by seed, or each seed with the
+reference's single seed), per fold and pooled.
 With ``--pool-with CORPUS`` each fold also trains on that corpus's fold of the same number (cycling through its
 folds): a contrastive pre-training on every training split at hand, or pooled supervised training; the row scores
 the folds' own corpus's rows only.
