@@ -2,7 +2,7 @@
 heads, the corpus's baseline, a checkpoint on other corpora, two runs compared. Nothing here trains a network.
 
     python evaluate.py CHECKPOINT DATA [DATA ...] [--split NAME|all] [--four-class] [--json OUT]  # cross-corpus
-    python evaluate.py --compare RUN_A RUN_B [--json OUT]        # paired difference in test UA, per fold and pooled
+    python evaluate.py --compare RUN_A RUN_B [--on-b] [--json OUT]   # paired difference in test UA, per fold and pooled
 
     pred = predict_split(net, loader, Runtime.resolve("cpu"))     # per row: probabilities, VAD, embedding
     head_metrics(pred, n_classes)                  # UA, WA, macro-F1, confusion matrix (and CCC) of the heads
@@ -451,8 +451,11 @@ def compare_runs(run_a: str | Path, run_b: str | Path, split: str = "test", seed
         if on_b:
             x = x[x.index.isin(y.index)]
         if set(x.index) != set(y.index) or not (x["emotion"] == y.loc[x.index, "emotion"]).all():
+            among = not on_b and set(y.index) < set(x.index)
+            hint = ": b's rows are among a's, --on-b scores them alone" if among else ""
             raise ValueError(f"{key or 'the runs'}: {run_a} and {run_b} were not scored on the same {split} rows "
-                             f"({len(set(x.index) ^ set(y.index))} ids in one only): compare runs on the same data")
+                             f"({len(set(x.index) ^ set(y.index))} ids in one only): compare runs on the same "
+                             f"data{hint}")
         fold = Path(key).name
         joined.setdefault(fold, []).append(x.assign(other=y.loc[x.index, "prediction"], fold=fold))
     seeds = {fold: len(parts) for fold, parts in joined.items()}
@@ -501,9 +504,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
                         help="the paired difference in test UA of two runs (or cross-validations, or seeds of them) "
                              "on the same rows")
+    parser.add_argument("--on-b", action="store_true",
+                        help="--compare on run b's rows only, which run a holds among others (run a trained on "
+                             "several corpora, run b on one of them)")
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: the GPU if there is one)")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
+    if args.on_b and not args.compare:
+        parser.error("--on-b goes with --compare RUN_A RUN_B")
     if args.compare and (args.checkpoint or args.four_class):
         parser.error("--compare RUN_A RUN_B takes no checkpoint or corpora")
     if not args.compare and not (args.checkpoint and args.corpora):
@@ -517,9 +525,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _main(argv: list[str] | None) -> None:
     args = parse_args(argv)
     if args.compare:
-        table = compare_runs(*args.compare)
-        print(f"test UA of {args.compare[0]} (a) minus {args.compare[1]} (b): difference, its 95 % speaker-bootstrap "
-              f"interval, the paired permutation p\n{table.to_string(float_format=lambda v: f'{v:.3f}')}")
+        table = compare_runs(*args.compare, on_b=args.on_b)
+        rows = " on the rows of b" if args.on_b else ""
+        print(f"test UA of {args.compare[0]} (a) minus {args.compare[1]} (b){rows}: difference, its 95 % speaker-"
+              f"bootstrap interval, the paired permutation p\n{table.to_string(float_format=lambda v: f'{v:.3f}')}")
         if args.json:
             args.json.write_text(table.to_json(orient="index", indent=2))
         return

@@ -149,7 +149,17 @@ def test_compare_runs_per_fold_and_pooled(tmp_path, capsys):
     assert "pooled" in capsys.readouterr().out
     other = pd.read_csv(tmp_path / "b" / "fold2" / evaluate.PREDICTIONS).iloc[1:]
     other.to_csv(tmp_path / "b" / "fold2" / evaluate.PREDICTIONS, index=False)
-    with pytest.raises(ValueError, match=r"fold2: .* were not scored on the same test rows \(1 ids in one only\)"):
+    with pytest.raises(ValueError, match=r"fold2: .* were not scored on the same test rows \(1 ids in one only\): "
+                                         r"compare runs on the same data: b's rows are among a's, --on-b"):
         evaluate.compare_runs(tmp_path / "a", tmp_path / "b")
+    on_b = evaluate.compare_runs(tmp_path / "a", tmp_path / "b", on_b=True)
+    assert on_b.loc["fold2", "n"] == 89 and on_b.loc["pooled", "n"] == 179  # a's rows that b holds
+    assert evaluate.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--on-b"]) == 0
+    assert "(b) on the rows of b" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="2"):
+        evaluate.main([str(tmp_path / "best.pt"), str(tmp_path), "--on-b"])
+    assert "--on-b goes with --compare RUN_A RUN_B" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"\(1 ids in one only\): compare runs on the same data$"):
+        evaluate.compare_runs(tmp_path / "b", tmp_path / "a")  # a holds more rows than b: no hint
     with pytest.raises(FileNotFoundError, match=r"no predictions.csv"):
         evaluate.compare_runs(tmp_path, tmp_path / "b")
