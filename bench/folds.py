@@ -200,7 +200,8 @@ def recipe_row(args: argparse.Namespace, train_argv: list[str], folds: list[int]
 
     seeds = " ".join(map(str, args.seeds)) if args.seeds != [0] else ""
     command = (f"`python bench/folds.py{flags(('--corpus', args.corpus if args.corpus != 'ravdess' else ''))} "
-               f"--name {args.name}{flags(('--whisper', shown(args.whisper)), ('--seeds', seeds))}"
+               f"--name {args.name}{flags(('--folds', ' '.join(map(str, args.folds or []))))}"
+               f"{flags(('--whisper', shown(args.whisper)), ('--seeds', seeds))}"
                f"{flags(('--pool-with', ' '.join(args.pool_with)), ('--init-from', args.init_from))}"
                f"{flags(('--reference', args.reference))}"
                f"{' -- ' + ' '.join(train_argv) if train_argv else ''}`")

@@ -132,7 +132,7 @@ def test_folds_runs_seeds_and_pairs_them_with_a_single_reference(tmp_path, monke
     with pytest.raises(ValueError, match="were not scored on the same test rows"):
         evaluate.compare_runs(runs / "pooled", runs / "probe")
     assert evaluate.compare_runs(runs / "pooled", runs / "probe", on_b=True).loc["pooled", "n"] == 6 * 8
-    assert rows[-1][1]["command"].startswith("`python bench/folds.py --name pooled --whisper random:tiny "
+    assert rows[-1][1]["command"].startswith("`python bench/folds.py --name pooled --folds 1 2 --whisper random:tiny "
                                              "--pool-with emodb --reference probe -- ")
 
 
