@@ -8,6 +8,15 @@ import platform
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+WHISPER = Path(__file__).resolve().parents[2] / "shared" / "whisper"  # the real checkpoints, beside the project
+
+
+def shown_whisper(whisper: str) -> str:
+    """``--whisper`` as a row's command gives it: nothing for the default (``WHISPER/tiny.en.pt``),
+    ``../shared/whisper/NAME`` for a checkpoint there, else the value itself."""
+    if whisper == str(WHISPER / "tiny.en.pt"):
+        return ""
+    return f"../shared/whisper/{Path(whisper).name}" if Path(whisper).parent == WHISPER else whisper
 
 
 def machine() -> str:

@@ -47,11 +47,10 @@ import prepare  # noqa: E402
 import splits  # noqa: E402
 import stats  # noqa: E402
 import train  # noqa: E402
-from bench.common import record  # noqa: E402
+from bench.common import WHISPER, record, shown_whisper  # noqa: E402
 from config import Config, parse_args  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-WHISPER = ROOT.parent / "shared" / "whisper"
 # fold -> (test actors, validation actors); the other actors of 1-12 train.
 FOLDS = {1: ((1, 2, 3), (4, 5)), 2: ((4, 5, 6), (7, 8)), 3: ((7, 8, 9), (10, 11)), 4: ((10, 11, 12), (1, 2))}
 CORPORA = {  # --corpus -> its folds, default raw folder, runs, BENCHMARKS section (one per encoder)
@@ -73,14 +72,6 @@ def prepare_fold(corpus: str, raw: Path, data_dir: Path, fold: int) -> Path:
             dsd = prepare.prepare_emodb(raw, fold=fold)
         data.save(dsd, path)
     return path
-
-
-def shown(whisper: str) -> str:
-    """``--whisper`` as a row's command gives it: nothing for the default, ``../shared/whisper/NAME`` for a
-    checkpoint there."""
-    if whisper == str(WHISPER / "tiny.en.pt"):
-        return ""
-    return f"../shared/whisper/{Path(whisper).name}" if Path(whisper).parent == WHISPER else whisper
 
 
 def seed_runs(runs: Path, name: str, seeds: list[int]) -> dict[int, Path]:
@@ -201,7 +192,7 @@ def recipe_row(args: argparse.Namespace, train_argv: list[str], folds: list[int]
     seeds = " ".join(map(str, args.seeds)) if args.seeds != [0] else ""
     command = (f"`python bench/folds.py{flags(('--corpus', args.corpus if args.corpus != 'ravdess' else ''))} "
                f"--name {args.name}{flags(('--folds', ' '.join(map(str, args.folds or []))))}"
-               f"{flags(('--whisper', shown(args.whisper)), ('--seeds', seeds))}"
+               f"{flags(('--whisper', shown_whisper(args.whisper)), ('--seeds', seeds))}"
                f"{flags(('--pool-with', ' '.join(args.pool_with)), ('--init-from', args.init_from))}"
                f"{flags(('--reference', args.reference))}"
                f"{' -- ' + ' '.join(train_argv) if train_argv else ''}`")

@@ -158,6 +158,8 @@ def test_cross_corpus_trains_per_corpus_and_scores_every_pair(tmp_path, monkeypa
     assert all(m["classes"] == ["neutral", "happy", "sad", "angry"] for row in four.values() for m in row.values())
     assert {p.name for p in (tmp_path / "runs" / "smoke").glob("*.png")} == {"shared_classes.png", "4_classes.png"}
     assert [row["trained on"] for _, row in rows] == ["ravdess", "emodb"]
+    assert rows[0][1]["command"].startswith("`python bench/cross_corpus.py --name smoke --corpora ravdess emodb "
+                                            "--whisper random:tiny --reference smoke -- --epochs 1 ")
     assert rows[0][1]["on emodb: UA − smoke [95% CI], p: shared; 4 classes"].startswith("0.00 [0.00, 0.00], p = 1.00")
     assert "4 classes: UA [95% CI]" in capsys.readouterr().out
 
