@@ -11,6 +11,11 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 WHISPER = Path(__file__).resolve().parents[2] / "shared" / "whisper"  # the real checkpoints, beside the project
 
 
+def flags(*pairs: tuple[str, object]) -> str:
+    """A row's command-line flags: `` FLAG VALUE`` for each pair whose value is set."""
+    return "".join(f" {flag} {value}" for flag, value in pairs if value)
+
+
 def shown_whisper(whisper: str) -> str:
     """``--whisper`` as a row's command gives it: nothing for the default (``WHISPER/tiny.en.pt``),
     ``../shared/whisper/NAME`` for a checkpoint there, else the value itself."""

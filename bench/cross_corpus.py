@@ -37,7 +37,7 @@ import prepare  # noqa: E402
 import report  # noqa: E402
 import stats  # noqa: E402
 import train  # noqa: E402
-from bench.common import WHISPER, record, shown_whisper  # noqa: E402
+from bench.common import WHISPER, flags, record, shown_whisper  # noqa: E402
 from bench.folds import FOLDS  # noqa: E402
 from config import parse_args  # noqa: E402
 from model import Runtime  # noqa: E402
@@ -122,12 +122,11 @@ def main(argv: list[str] | None = None) -> None:
               f"{text.to_string()}")
         report.plot_score_matrix(ua, text, f"{args.name}: UA, {set_name}", out / f"{set_name.replace(' ', '_')}.png")
 
-    flags = "".join(f" {flag} {value}" for flag, value in (("--whisper", shown_whisper(args.whisper)),
-                                                            ("--reference", args.reference)) if value)
+    options = flags(("--whisper", shown_whisper(args.whisper)), ("--reference", args.reference))
     for trained_on in scores["shared classes"]:
         row = {"recipe": args.name, "trained on": trained_on,
-               "command": f"`python bench/cross_corpus.py --name {args.name} --corpora {' '.join(args.corpora)}{flags} "
-                          f"-- {' '.join(train_argv)}`"}
+               "command": f"`python bench/cross_corpus.py --name {args.name} --corpora {' '.join(args.corpora)}"
+                          f"{options} -- {' '.join(train_argv)}`"}
         for scored_on in corpora:
             shared, four = (scores[s][trained_on][scored_on] for s in CLASS_SETS)
             row[f"on {scored_on}: UA [95% CI], shared classes (how many); 4 classes"] = (

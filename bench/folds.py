@@ -47,7 +47,7 @@ import prepare  # noqa: E402
 import splits  # noqa: E402
 import stats  # noqa: E402
 import train  # noqa: E402
-from bench.common import WHISPER, record, shown_whisper  # noqa: E402
+from bench.common import WHISPER, flags, record, shown_whisper  # noqa: E402
 from config import Config, parse_args  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,9 +186,6 @@ def recipe_row(args: argparse.Namespace, train_argv: list[str], folds: list[int]
     """The BENCHMARKS row of a recipe's seeds: validation and test UA (each fold's, averaged over the folds, then
     mean ± sd over the seeds; and every fold and seed pooled, with its speaker-bootstrap interval), test UA by
     seed, the paired difference to ``--reference``, the test ECE before and after calibration, minutes per run."""
-    def flags(*pairs: tuple[str, object]) -> str:
-        return "".join(f" {flag} {value}" for flag, value in pairs if value)
-
     seeds = " ".join(map(str, args.seeds)) if args.seeds != [0] else ""
     command = (f"`python bench/folds.py{flags(('--corpus', args.corpus if args.corpus != 'ravdess' else ''))} "
                f"--name {args.name}{flags(('--folds', ' '.join(map(str, args.folds or []))))}"
