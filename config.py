@@ -74,8 +74,9 @@ class Config:
     gather_negatives: bool = option(True, "contrastive under torchrun: every anchor contrasts against the views of "
                                           "all processes (the global batch), as SimCLR and SupCon train",
                                     read_by="contrastive")
-    freeze: str = option("top:4", "what trains (model.set_trainable): heads | all | top:N (the last N encoder "
-                                  "blocks; tiny has 4, base 6, small 12)", read_by="training")
+    freeze: str = option("blocks", "what trains (model.set_trainable): heads | blocks (every encoder block, not "
+                                   "the stem) | all | top:N (the last N blocks; tiny has 4, base 6, small 12)",
+                         read_by="training")
     four_class: bool = option(False, "keep neutral / happy (+excited) / sad / angry only")
     exclude: tuple[str, ...] = option(NOT_EMOTIONS, "labels left out of training and scoring (kept in the label "
                                                     "space); give the flag alone to keep every row")

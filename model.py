@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "attentive")
 LAYERS = ("weighted", "last")
-POLICIES = ("heads", "all", "top:N")
+POLICIES = ("heads", "blocks", "all", "top:N")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -328,13 +328,16 @@ class EmotionModel(nn.Module):
 def set_trainable(model: EmotionModel, policy: str) -> int:
     """Freeze by ``policy`` and return the number of trainable parameters.
 
-    heads: the encoder is frozen, layer mix, pooling and heads train; all: everything trains; top:N: the last
-    N encoder blocks, ``ln_post`` and the heads train (N in 0..n_audio_layer).
+    heads: the encoder is frozen, layer mix, pooling and heads train; blocks: every encoder block, ``ln_post``
+    and the heads train (the convolutional stem stays frozen); all: everything trains; top:N: the last N encoder
+    blocks, ``ln_post`` and the heads train (N in 0..n_audio_layer).
     Frozen parts get ``requires_grad=False`` and stay in eval mode (see ``EmotionModel.train``).
     """
     n_layer = len(model.encoder.blocks)
     if policy == "heads":
         trainable: list[nn.Module] = []
+    elif policy == "blocks":
+        trainable = [*model.encoder.blocks, model.encoder.ln_post]
     elif policy == "all":
         trainable = model.encoder_parts()
     elif policy.startswith("top:"):

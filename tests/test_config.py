@@ -18,7 +18,7 @@ def test_help_explains_every_config_field(capsys):
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
         assert flag in out and " ".join(f.metadata["help"].split()) in out, flag
-    assert "--objective {supervised,simclr,supcon,probe}" in out and "(default: top:4)" in out and "--debug" in out
+    assert "--objective {supervised,simclr,supcon,probe}" in out and "(default: blocks)" in out and "--debug" in out
     assert "softmax temperature [simclr/supcon only]" in out
     assert "AdamW weight decay [supervised/simclr/supcon only]" in out
 

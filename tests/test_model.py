@@ -154,7 +154,7 @@ def _count(modules) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
 
 
-@pytest.mark.parametrize("policy", ["heads", "top:0", "top:2", "top:4", "all"])
+@pytest.mark.parametrize("policy", ["heads", "top:0", "top:2", "top:4", "blocks", "all"])
 def test_freeze_policies(policy):
     net = _net()
     enc = net.encoder
@@ -165,6 +165,7 @@ def test_freeze_policies(policy):
         "top:0": [enc.ln_post],
         "top:2": [enc.blocks[2], enc.blocks[3], enc.ln_post],
         "top:4": [*enc.blocks, enc.ln_post],
+        "blocks": [*enc.blocks, enc.ln_post],
         "all": net.encoder_parts(),
     }[policy]
     frozen = [m for m in net.encoder_parts() if all(m is not t for t in trainable)]
@@ -196,7 +197,7 @@ def test_freeze_policy_can_be_changed():
     ("top:5", r"N must be an integer in 0..4"),
     ("top:-1", r"N must be an integer in 0..4"),
     ("top:", r"N must be an integer in 0..4"),
-    ("encoder", r"unknown freeze policy 'encoder'; use one of \('heads', 'all', 'top:N'\)"),
+    ("encoder", r"unknown freeze policy 'encoder'; use one of \('heads', 'blocks', 'all', 'top:N'\)"),
 ])
 def test_bad_freeze_policy(policy, message):
     with pytest.raises(ValueError, match=message):
