@@ -118,10 +118,6 @@ class Config:
     init: str | None = option(None, "start the representation from a saved model (e.g. a contrastive best.pt); "
                                     "with folds, a cross-validation's run_dir: each fold starts from its own "
                                     "<fold>/best.pt")
-    classifier: str = option("head", "supervised: what classifies the fine-tuned model; head: its trained "
-                                     "classification head; probe: a linear probe refitted on its embeddings after "
-                                     "every epoch (as contrastive runs are scored), which also chooses the epoch",
-                             ("head", "probe"), read_by="supervised")
     probe_init: bool = option(True, "supervised: start the classifier from the linear probe on the embeddings of "
                                     "the model as built, then train as configured (LP-FT; off: a random classifier)",
                               read_by="supervised")

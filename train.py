@@ -16,7 +16,6 @@ test split never takes part in model selection. With ``--folds``, ``crossval.run
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import itertools
 import json
@@ -406,7 +405,7 @@ def fit(cfg: Config) -> dict:
     metrics, "history": [...], ...}``."""
     process = distributed.setup()
     runtime = Runtime(distributed.device_of(cfg.device, process.local_rank), cfg.precision)
-    device, by_probe = runtime.device, cfg.objective != "supervised" or cfg.classifier == "probe"
+    device, by_probe = runtime.device, cfg.objective != "supervised"
     seed_everything(cfg.seed)
 
     splits = {s: cfg.corpus(s) for s in data.SPLITS}
@@ -440,12 +439,10 @@ def fit(cfg: Config) -> dict:
         val = scored.metrics["validation"]
         if val["ua"] > progress.best_ua or epochs == 0:
             progress.best_ua = val["ua"]
-            saved = net
-            if scored.probe is not None:  # a supervised run's trained head keeps training: the probe goes to a copy
-                saved = copy.deepcopy(net) if cfg.objective == "supervised" else net
-                evaluate.fold_probe(saved, scored.probe)
+            if scored.probe is not None:
+                evaluate.fold_probe(net, scored.probe)
             if process.main:
-                checkpoint.save_model(saved, best, extra={"epoch": epoch, "seed": cfg.seed, "objective": cfg.objective,
+                checkpoint.save_model(net, best, extra={"epoch": epoch, "seed": cfg.seed, "objective": cfg.objective,
                                                         "val": val, "trained": trained})
         return val
 

@@ -313,23 +313,3 @@ def test_probe_init_starts_the_classifier_as_the_linear_probe(synthetic_dir, tmp
         "confusion"] != result["validation"]["confusion"]
 
 
-
-
-def test_a_probe_classifier_is_refitted_on_the_fine_tuned_embeddings_and_leaves_training_as_it_was(synthetic_dir,
-                                                                                                   tmp_path):
-    """``classifier="probe"``: best.pt classifies as the linear probe refitted on its own training embeddings, the
-    epoch is the probe's best on validation, and the training itself (every step's loss) is the head run's."""
-    head_cfg = tiny_config(synthetic_dir, tmp_path / "head", epochs="3")
-    probe_cfg = dataclasses.replace(head_cfg, classifier="probe", run_dir=str(tmp_path / "probe"))
-    head, refit = train.fit(head_cfg), train.fit(probe_cfg)
-    assert [h["train_loss"] for h in refit["history"]] == [h["train_loss"] for h in head["history"]]
-    saved = checkpoint.read_checkpoint(tmp_path / "probe" / "best.pt")["extra"]
-    assert saved["val"]["ua"] == max(h["val_ua"] for h in refit["history"])
-    net = checkpoint.load_model(tmp_path / "probe" / "best.pt", device="cpu").eval()
-    options = data.LoaderOptions(batch_size=16, n_frames=100, num_workers=0)
-    pred = {s: evaluate.predict_split(net, data.make_loader(data.load_corpus(str(synthetic_dir), s), options),
-                                      Runtime(torch.device("cpu"))) for s in ("train", "validation")}
-    metrics, probe = evaluate.linear_probe(pred["train"], {"validation": pred["validation"]}, len(net.config.labels))
-    assert refit["validation"]["confusion"] == metrics["validation"]["confusion"]
-    np.testing.assert_array_equal(pred["validation"]["probs"].argmax(1),
-                                  probe.classifier.predict(pred["validation"]["embedding"]))
