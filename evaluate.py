@@ -428,20 +428,28 @@ def _partner(key: str, other: Mapping[str, pd.DataFrame], where: str) -> str:
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path, split: str = "test", seed: int = 0, *,
-                 on_b: bool = False, seeds: Sequence[int] | None = None) -> pd.DataFrame:
+                 on_b: bool = False, seeds: Sequence[int] | None = None,
+                 folds: Sequence[str] | None = None) -> pd.DataFrame:
     """UA of run a minus UA of run b on the same rows of ``split`` (``stats.paired_difference``): a row per fold of
     a cross-validation (matched by folder name) and, with several, the folds pooled (a speaker is a fold's
     speaker). Seeds of a cross-validation (``run_predictions``) are paired seed by seed, or each with the single
     run of ``run_b``, and pooled into their fold's row: a speaker's utterances under every seed resample together.
     Columns ``ua_a``, ``ua_b``, ``difference``, ``ci_low``, ``ci_high``, ``p``, ``speakers``, ``n``, ``seeds``.
     ``on_b``: score on run b's rows only, which run a holds among others (a model trained on several corpora, scored
-    on the corpus of b). ``seeds``: only these seeds of run a (``seedS/...``; None: all). Runs whose folds or rows
-    differ are a ValueError saying how."""
+    on the corpus of b). ``seeds``: only these seeds of run a (``seedS/...``; None: all). ``folds``: only these
+    folds (folder names: ``fold2``) of both runs, each of which must hold them (None: all, the same in both). Runs
+    whose folds or rows differ are a ValueError saying how."""
     a, b = run_predictions(run_a), run_predictions(run_b)
     if seeds is not None:
         a = {k: t for k, t in a.items() if k.split("/")[0] in {f"seed{s}" for s in seeds}}
         if not a:
             raise ValueError(f"{run_a} holds none of seeds {list(seeds)}")
+    if folds is not None:
+        for run, held in ((run_a, a), (run_b, b)):
+            missing = sorted(set(folds) - {Path(k).name for k in held})
+            if missing:
+                raise ValueError(f"{run} holds no run of {missing}")
+        a, b = ({k: t for k, t in runs.items() if Path(k).name in folds} for runs in (a, b))
     folds_a, folds_b = ({Path(k).name for k in runs} for runs in (a, b))
     if folds_a != folds_b:
         raise ValueError(f"{run_a} and {run_b} hold different folds: {sorted(folds_a)} and {sorted(folds_b)}")

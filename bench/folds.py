@@ -19,8 +19,8 @@ Recipes are compared on validation UA only: the test columns are reported, never
 per seed, then the row it appends to BENCHMARKS.md (a section per corpus and encoder): validation and test UA
 averaged over the folds (mean ± sd over the seeds) and pooled over every fold and seed with its speaker-bootstrap
 interval (a speaker's clips under every seed resample together), and with ``--reference NAME`` the paired
-difference in test UA to that recipe's runs (``evaluate.compare_runs``: seed by seed, or each seed with the
-reference's single seed), per fold and pooled.
+difference in test UA to that recipe's runs of the same folds (``evaluate.compare_runs``: seed by seed, or each
+seed with the reference's single seed), per fold and pooled; a reference without them stops it before training.
 With ``--pool-with CORPUS`` each fold also trains on that corpus's fold of the same number (cycling through its
 folds): a contrastive pre-training on every training split at hand, or pooled supervised training; the row scores
 the folds' own corpus's rows only.
@@ -90,6 +90,17 @@ def init_runs(runs: Path, name: str, seeds: list[int]) -> dict[int, Path]:
     if len(ran) == 1:
         return {seed: ran[0] for seed in seeds}
     raise SystemExit(f"--init-from {name}: it ran {[p.name for p in ran]}, not every one of seeds {seeds}")
+
+
+def check_reference(runs: Path, name: str, folds: list[int]) -> None:
+    """Stop before any training when ``--reference name`` holds no finished run of one of ``folds``."""
+    try:
+        held = {Path(key).name for key in evaluate.run_predictions(runs / name)}
+    except FileNotFoundError as error:
+        raise SystemExit(f"--reference {name}: {error}") from None
+    missing = [f"fold{k}" for k in folds if f"fold{k}" not in held]
+    if missing:
+        raise SystemExit(f"--reference {name}: {runs / name} holds no finished run of {missing} (run it first)")
 
 
 def pooled_fold(corpus: str, fold: int) -> int:
@@ -162,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give training seeds as --seeds (before --), not train.py's --seed")
     if args.corpus in args.pool_with:
         parser.error(f"--pool-with {args.corpus}: it is the corpus the folds test on")
+    if args.reference:
+        check_reference(runs, args.reference, folds)
     base = parse_args(["--whisper", args.whisper, *train_argv])
     prepared = tuple(str(prepare_fold(args.corpus, raw[args.corpus], args.data_dir, k)) for k in folds)
     data_of = {path: (path, *(str(prepare_fold(other, raw[other], args.data_dir, pooled_fold(other, k)))
@@ -206,7 +219,7 @@ def recipe_row(args: argparse.Namespace, train_argv: list[str], folds: list[int]
     row["paired test UA difference to the reference (pooled) [95% CI], p"] = "—"
     if args.reference:
         table = evaluate.compare_runs(runs / args.name, runs / args.reference, on_b=bool(args.pool_with),
-                                      seeds=args.seeds)  # this call's seeds, not others the recipe ran before
+                                      seeds=args.seeds, folds=[f"fold{k}" for k in folds])  # this call's alone
         print(f"test UA of {args.name} minus {args.reference}, per fold (seeds pooled) and pooled:\n"
               f"{table.to_string(float_format=lambda v: f'{v:.3f}')}")
         d = table.iloc[-1]

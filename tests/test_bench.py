@@ -18,6 +18,7 @@ from whisper.model import MultiHeadAttention
 
 import checkpoint
 import evaluate
+import stats
 from bench import cross_corpus, folds
 from bench import predict as bench_predict
 from bench.common import record
@@ -121,6 +122,17 @@ def test_folds_runs_seeds_and_pairs_them_with_a_single_reference(tmp_path, monke
     with pytest.raises(SystemExit):
         folds.main(["--name", "x", *common, "--", "--seed", "3"])
     assert "give training seeds as --seeds" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"--reference ft: .*ft holds no finished run of \['fold3'\] \(run it"):
+        folds.main(["--name", "x", "--reference", "ft", *common, "--folds", "3"])  # before any training
+    assert not (runs / "x").exists()
+
+    folds.main(["--name", "ft", "--seeds", "1", "--init-from", "probe", "--reference", "probe", *common, "--folds", "2",
+                "--", "--epochs", "1", "--freeze", "top:1", "--resume", *small])  # scored again: fold 2 alone
+    fold2 = evaluate.compare_runs(runs / "ft", runs / "probe", seeds=[1], folds=["fold2"])
+    assert rows[-1][1]["paired test UA difference to the reference (pooled) [95% CI], p"] == (
+        f"− probe: {stats.format_interval(fold2.iloc[-1]['difference'], tuple(fold2.iloc[-1][['ci_low', 'ci_high']]))}"
+        f", p = {fold2.iloc[-1]['p']:.3f}")
+    assert "fold1" not in capsys.readouterr().out.split("per fold (seeds pooled) and pooled:")[1]
 
     folds.main(["--name", "pooled", "--pool-with", "emodb", "--reference", "probe", *common, "--", "--epochs", "1",
                 "--freeze", "top:1", *small])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 
 import datasets
 import numpy as np
@@ -145,6 +146,15 @@ def test_compare_runs_per_fold_and_pooled(tmp_path, capsys):
                                       rows["speaker"], 3)
         ua.append(stats.confusion_metrics(cm.sum(0))["ua"])
     assert table.loc["fold1", "difference"] == pytest.approx(ua[0] - ua[1])
+    (tmp_path / "c" / "fold2").mkdir(parents=True)  # one fold of a's, as bench/folds.py --folds 2 leaves it
+    shutil.copy(tmp_path / "a" / "fold2" / evaluate.PREDICTIONS, tmp_path / "c" / "fold2")
+    with pytest.raises(ValueError, match=r"hold different folds: \['fold2'\] and \['fold1', 'fold2'\]"):
+        evaluate.compare_runs(tmp_path / "c", tmp_path / "b")
+    for run in ("a", "c"):
+        one = evaluate.compare_runs(tmp_path / run, tmp_path / "b", folds=["fold2"])
+        assert list(one.index) == ["fold2"] and one.loc["fold2", "difference"] == table.loc["fold2", "difference"]
+    with pytest.raises(ValueError, match=r"c holds no run of \['fold1'\]"):
+        evaluate.compare_runs(tmp_path / "c", tmp_path / "b", folds=["fold1", "fold2"])
     assert evaluate.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     assert "pooled" in capsys.readouterr().out
     other = pd.read_csv(tmp_path / "b" / "fold2" / evaluate.PREDICTIONS).iloc[1:]
